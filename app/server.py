@@ -1,0 +1,108 @@
+"""The Litestar app factory and its lifespan: the engine is built on start-up and shut down on exit.
+
+The app mounts both dialects (this is the only module in ``app/`` that imports them). Shared state
+lives on ``app.state``: ``engine``, ``registry``, ``pipeline``; route handlers receive the
+:class:`~app.pipeline.Pipeline` by dependency injection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator, Callable
+
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from app.adapters import AdapterRegistry
+from app.config import ServerConfig
+from app.engine.base import Engine
+from app.errors import EngineDeadError
+from app.pipeline import Pipeline
+from app.sse import ClientDisconnected
+
+logger = logging.getLogger("loragate")
+
+EngineFactory = Callable[[ServerConfig], "contextlib.AbstractAsyncContextManager[Engine]"]
+
+
+@contextlib.asynccontextmanager
+async def build_engine(config: ServerConfig) -> AsyncIterator[Engine]:
+    """Start the engine ``config`` asks for and shut it down on exit.
+
+    With ``config.model`` unset, the built-in demo model is built once (cached) and served with
+    its adapters. Raises vLLM's ``RuntimeError`` when the engine cannot start."""
+    if config.engine == "synthetic":
+        from app.engine.synthetic import SyntheticEngine
+
+        engine: Engine = SyntheticEngine(
+            name=config.served_model_name or "synthetic",
+            max_model_len=config.max_model_len or 2048,
+            token_interval=config.synthetic_token_interval,
+        )
+    else:
+        from app.engine.vllm import VLLMEngine
+        from app.engine.vllm_args import engine_args
+
+        model = config.model
+        assert model is not None, "resolve the demo model before building the engine"
+        enable_lora = config.enable_lora if config.enable_lora is not None else bool(config.lora_modules)
+        args = engine_args(config, model=model, enable_lora=enable_lora)
+        engine = await VLLMEngine.start(args, served_model_name=config.served_model_name or model)
+    try:
+        yield engine
+    finally:
+        await engine.shutdown()
+
+
+def _lifespan(config: ServerConfig, engine_factory: EngineFactory) -> Callable[[Litestar], "contextlib.AbstractAsyncContextManager[None]"]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with engine_factory(config) as engine:
+            registry = AdapterRegistry(engine, engine.info.name)
+            for module in config.lora_modules:
+                spec = await registry.register(module.name, module.path)
+                logger.info("adapter %s loaded (id %d)", spec.name, spec.int_id)
+            app.state.engine = engine
+            app.state.registry = registry
+            app.state.pipeline = Pipeline(engine, registry)
+            logger.info("serving %s (max_model_len %d)", engine.info.name, engine.info.max_model_len)
+            yield
+
+    return lifespan
+
+
+def _pipeline(state: State) -> Pipeline:
+    return state.pipeline
+
+
+@get("/health", include_in_schema=True, tags=["health"])
+async def health(state: State) -> Response[bytes]:
+    """200 with an empty body while the engine can serve; 503 once it is dead."""
+    try:
+        await state.engine.check_health()
+    except EngineDeadError:
+        return Response(b'{"error":"unhealthy","error_type":"healthcheck"}', status_code=503, media_type="application/json")
+    return Response(b"", status_code=200)
+
+
+def _client_disconnected(_: object, __: ClientDisconnected) -> Response[bytes]:
+    # Nobody reads this: the client is gone. 499 is the de-facto "client closed request" status.
+    return Response(b"", status_code=499)
+
+
+def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_engine) -> Litestar:
+    """The loragate ASGI app for ``config``. ``engine_factory`` builds the engine inside the
+    lifespan (tests pass one that yields a synthetic engine)."""
+    from openai_compat.routes import openai_router
+
+    return Litestar(
+        route_handlers=[health, openai_router],
+        lifespan=[_lifespan(config, engine_factory)],
+        dependencies={"pipeline": Provide(_pipeline)},
+        exception_handlers={ClientDisconnected: _client_disconnected},
+        openapi_config=OpenAPIConfig(title="loragate", version="0.1.0", path="/docs"),
+        debug=False,
+    )

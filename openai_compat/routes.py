@@ -1,0 +1,143 @@
+"""OpenAI route handlers: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from litestar import Request, Response, Router, get, post
+
+from app.pipeline import Pipeline, collect
+from app.sse import SSEResponse, until_disconnect
+from app.types import GenerationRequest
+from openai_compat.errors import EXCEPTION_HANDLERS
+from openai_compat.mapping import (
+    chat_messages,
+    chat_response,
+    chat_sampling,
+    completion_prompts,
+    completion_response,
+    completion_sampling,
+)
+from openai_compat.schema import ChatCompletionRequest, CompletionRequest
+from openai_compat.stream import ChatStreamEncoder, CompletionStreamEncoder, chat_events, completion_events
+
+
+def _request_id(prefix: str, request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    return f"{prefix}-{given}" if given else f"{prefix}-{uuid.uuid4().hex}"
+
+
+@post("/chat/completions", status_code=200, tags=["openai"], summary="Create a chat completion")
+async def create_chat_completion(data: ChatCompletionRequest, request: Request, pipeline: Pipeline) -> Response[Any]:
+    """OpenAI chat completions, streaming (SSE ending in ``data: [DONE]``) or not."""
+    pipeline.registry.resolve(data.model)
+    messages = chat_messages(data)
+    sampling = chat_sampling(data)
+    response_id = _request_id("chatcmpl", request)
+    created = int(time.time())
+    prompt = await until_disconnect(
+        request, pipeline.engine.render_chat(messages, add_generation_prompt=data.add_generation_prompt)
+    )
+    gen = GenerationRequest(request_id=response_id, prompt=prompt, sampling=sampling, adapter=data.model)
+    stream = await until_disconnect(request, pipeline.start(gen, prompt_param="messages"))
+    if data.stream:
+        opts = data.stream_options
+        encoder = ChatStreamEncoder(pipeline.engine, response_id, created, data.model)
+        events = chat_events(
+            stream,
+            encoder,
+            include_usage=bool(opts and opts.include_usage),
+            continuous_usage=bool(opts and opts.continuous_usage_stats),
+        )
+        return SSEResponse(events)
+    result = await until_disconnect(request, collect(stream))
+    return Response(chat_response(pipeline.engine, result, response_id=response_id, created=created, model=data.model))
+
+
+@post("/completions", status_code=200, tags=["openai"], summary="Create a completion")
+async def create_completion(data: CompletionRequest, request: Request, pipeline: Pipeline) -> Response[Any]:
+    """OpenAI legacy completions: one prompt or a list (strings or token ids), streaming or not."""
+    pipeline.registry.resolve(data.model)
+    sampling = completion_sampling(data)
+    response_id = _request_id("cmpl", request)
+    created = int(time.time())
+    engine = pipeline.engine
+    prompts = []
+    for p in completion_prompts(data):
+        render = engine.render_text(p) if isinstance(p, str) else engine.render_tokens(p)
+        prompts.append(await until_disconnect(request, render))
+    gens = [
+        GenerationRequest(
+            request_id=response_id if len(prompts) == 1 else f"{response_id}-{i}",
+            prompt=prompt,
+            sampling=sampling,
+            adapter=data.model,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+    echo_texts = None
+    if data.echo:
+        echo_texts = [p.text if p.text is not None else engine.decode(p.token_ids) for p in prompts]
+    streams = await until_disconnect(request, pipeline.start_many(gens, prompt_param="prompt"))
+    if data.stream:
+        opts = data.stream_options
+        encoder = CompletionStreamEncoder(engine, response_id, created, data.model)
+        events = completion_events(
+            streams,
+            encoder,
+            echo_texts=echo_texts,
+            include_usage=bool(opts and opts.include_usage),
+            continuous_usage=bool(opts and opts.continuous_usage_stats),
+        )
+        return SSEResponse(events)
+
+    async def collect_all() -> list[Any]:
+        try:
+            return [await collect(s) for s in streams]
+        finally:
+            for s in streams:
+                await s.aclose()
+
+    results = await until_disconnect(request, collect_all())
+    body = completion_response(
+        engine, results, echo_texts=echo_texts, response_id=response_id, created=created, model=data.model
+    )
+    return Response(body)
+
+
+@get("/models", tags=["openai"], summary="List models")
+async def list_models(pipeline: Pipeline) -> dict[str, Any]:
+    """The base model and every adapter; an adapter's ``parent`` is the base model's name and its
+    ``root`` the path it was loaded from (the shape vLLM serves)."""
+    info = pipeline.engine.info
+    base = {
+        "id": info.name,
+        "object": "model",
+        "created": pipeline.created,
+        "owned_by": "loragate",
+        "root": info.source,
+        "parent": None,
+        "max_model_len": info.max_model_len,
+    }
+    adapters = [
+        {
+            "id": e.spec.name,
+            "object": "model",
+            "created": e.created,
+            "owned_by": "loragate",
+            "root": e.spec.path,
+            "parent": info.name,
+            "max_model_len": None,
+        }
+        for e in pipeline.registry.entries()
+    ]
+    return {"object": "list", "data": [base, *adapters]}
+
+
+openai_router = Router(
+    path="/v1",
+    route_handlers=[create_chat_completion, create_completion, list_models],
+    exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+)
