@@ -20,6 +20,7 @@ from app.adapters import AdapterRegistry
 from app.config import ServerConfig
 from app.engine.base import Engine
 from app.errors import EngineDeadError
+from app.metrics import metrics, track_engine
 from app.pipeline import Pipeline
 from app.sse import ClientDisconnected
 
@@ -68,8 +69,12 @@ def _lifespan(config: ServerConfig, engine_factory: EngineFactory) -> Callable[[
             app.state.engine = engine
             app.state.registry = registry
             app.state.pipeline = Pipeline(engine, registry)
+            track_engine(engine)
             logger.info("serving %s (max_model_len %d)", engine.info.name, engine.info.max_model_len)
-            yield
+            try:
+                yield
+            finally:
+                track_engine(None)
 
     return lifespan
 
@@ -99,7 +104,7 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_en
     from openai_compat.routes import openai_router
 
     return Litestar(
-        route_handlers=[health, openai_router],
+        route_handlers=[health, metrics, openai_router],
         lifespan=[_lifespan(config, engine_factory)],
         dependencies={"pipeline": Provide(_pipeline)},
         exception_handlers={ClientDisconnected: _client_disconnected},

@@ -98,6 +98,10 @@ class Engine(Protocol):
         """Whether a token id is a special token (BOS, EOS, pad, ...)."""
         ...
 
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine still holds (running or waiting); 0 once every stream ended."""
+        ...
+
     async def check_health(self) -> None:
         """Raise :class:`app.errors.EngineDeadError` when the engine cannot serve."""
         ...

@@ -230,6 +230,9 @@ class SyntheticEngine:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def num_unfinished_requests(self) -> int:
+        return len(self.running)
+
     async def check_health(self) -> None:
         if self.dead:
             raise EngineDeadError("The engine is not running.")

@@ -310,6 +310,9 @@ class VLLMEngine:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def num_unfinished_requests(self) -> int:
+        return int(self._llm.get_num_unfinished_requests())
+
     async def check_health(self) -> None:
         try:
             await self._llm.check_health()
