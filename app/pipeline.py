@@ -31,13 +31,15 @@ from app.types import (
 
 class RequestTimings:
     """Wall-clock marks of one request, in ``time.perf_counter()`` seconds: ``started`` when the
-    pipeline got it, ``first_token`` and ``last_token`` when outputs carrying tokens were handed
-    to the dialect; ``queue_time`` (seconds) from the engine when it reports one."""
+    pipeline got it, ``submitted`` when it was handed to the engine, ``first_token`` and
+    ``last_token`` when outputs carrying tokens were handed to the dialect; ``queue_time``
+    (seconds) from the engine when it reports one."""
 
-    __slots__ = ("started", "first_token", "last_token", "queue_time")
+    __slots__ = ("started", "submitted", "first_token", "last_token", "queue_time")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
+        self.submitted: float | None = None
         self.first_token: float | None = None
         self.last_token: float | None = None
         self.queue_time: float | None = None
@@ -165,6 +167,7 @@ class Pipeline:
         timings = RequestTimings()
         adapter = self.registry.resolve(request.adapter)
         request = self._check(request, prompt_param)
+        timings.submitted = time.perf_counter()
         stream = GenerationStream(self.engine, request, adapter, self.engine.generate(request, adapter), timings)
         await stream._prime()
         return stream

@@ -83,14 +83,20 @@ def _pipeline(state: State) -> Pipeline:
     return state.pipeline
 
 
-@get("/health", include_in_schema=True, tags=["health"])
-async def health(state: State) -> Response[bytes]:
-    """200 with an empty body while the engine can serve; 503 once it is dead."""
+async def health_response(state: State) -> Response[bytes]:
+    """200 with an empty body while the engine can serve; 503 with LoRAX's health error body once it
+    is dead (LoRAX ``router/src/server.rs`` ``health``)."""
     try:
         await state.engine.check_health()
     except EngineDeadError:
         return Response(b'{"error":"unhealthy","error_type":"healthcheck"}', status_code=503, media_type="application/json")
     return Response(b"", status_code=200)
+
+
+@get("/health", tags=["health"], summary="Health")
+async def health(state: State) -> Response[bytes]:
+    """Liveness: 200 while the engine can serve, 503 once it is dead."""
+    return await health_response(state)
 
 
 def _client_disconnected(_: object, __: ClientDisconnected) -> Response[bytes]:
@@ -101,12 +107,13 @@ def _client_disconnected(_: object, __: ClientDisconnected) -> Response[bytes]:
 def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_engine) -> Litestar:
     """The loragate ASGI app for ``config``. ``engine_factory`` builds the engine inside the
     lifespan (tests pass one that yields a synthetic engine)."""
+    from native_api.routes import native_router
     from openai_compat.routes import openai_router
 
     return Litestar(
-        route_handlers=[health, metrics, openai_router],
+        route_handlers=[health, metrics, openai_router, native_router],
         lifespan=[_lifespan(config, engine_factory)],
-        dependencies={"pipeline": Provide(_pipeline)},
+        dependencies={"pipeline": Provide(_pipeline, sync_to_thread=False)},
         exception_handlers={ClientDisconnected: _client_disconnected},
         openapi_config=OpenAPIConfig(title="loragate", version="0.1.0", path="/docs"),
         debug=False,

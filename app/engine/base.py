@@ -32,6 +32,16 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     eos_token_id: int | None = None
 
 
+class TokenSpan(msgspec.Struct, frozen=True, array_like=False):
+    """One token of a tokenized text: ``id``, its raw vocabulary piece ``text`` (e.g. "Ġworld"),
+    and the character offsets ``start``/``stop`` of the text it covers (special tokens: 0, 0)."""
+
+    id: int
+    text: str
+    start: int
+    stop: int
+
+
 class AdapterSpec(msgspec.Struct, frozen=True, kw_only=True):
     """An adapter as the engine sees it: a stable integer id (> 0, never reused for other
     weights), a unique name and the absolute path of a PEFT LoRA directory."""
@@ -88,6 +98,10 @@ class Engine(Protocol):
 
     def decode(self, token_ids: list[int], *, skip_special_tokens: bool = True) -> str:
         """Token ids to text."""
+        ...
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[TokenSpan]:
+        """Tokenize ``text`` with character offsets (LoRAX ``/tokenize``)."""
         ...
 
     def token_text(self, token_id: int) -> str:

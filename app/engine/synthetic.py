@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 from typing import AsyncIterator
 
-from app.engine.base import AdapterSpec, ModelInfo
+from app.engine.base import AdapterSpec, ModelInfo, TokenSpan
 from app.errors import AdapterLoadError, EngineDeadError, InvalidRequestError
 from app.types import (
     ChatMessage,
@@ -221,6 +221,15 @@ class SyntheticEngine:
 
     def decode(self, token_ids: list[int], *, skip_special_tokens: bool = True) -> str:
         return "".join(self.token_text(t) for t in token_ids if not (skip_special_tokens and t >= BOS_ID))
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[TokenSpan]:
+        spans = [TokenSpan(id=BOS_ID, text="<s>", start=0, stop=0)] if add_special_tokens else []
+        offset = 0
+        for ch in text:
+            for b in ch.encode("utf-8", "surrogatepass"):
+                spans.append(TokenSpan(id=b, text=chr(b), start=offset, stop=offset + 1))
+            offset += 1
+        return spans
 
     def token_text(self, token_id: int) -> str:
         return {BOS_ID: "<s>", EOS_ID: "</s>"}.get(token_id) or chr(token_id)

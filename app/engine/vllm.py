@@ -14,7 +14,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from app.engine.base import AdapterSpec, ModelInfo
+from app.engine.base import AdapterSpec, ModelInfo, TokenSpan
 from app.errors import (
     AdapterLoadError,
     EngineDeadError,
@@ -296,6 +296,15 @@ class VLLMEngine:
 
     def decode(self, token_ids: list[int], *, skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[TokenSpan]:
+        tok = self._tokenizer
+        enc = tok(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        pieces = tok.convert_ids_to_tokens(enc["input_ids"])
+        return [
+            TokenSpan(id=i, text=piece, start=start, stop=stop)
+            for i, piece, (start, stop) in zip(enc["input_ids"], pieces, enc["offset_mapping"])
+        ]
 
     def token_text(self, token_id: int) -> str:
         text = self._token_text_cache.get(token_id)

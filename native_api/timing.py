@@ -1,0 +1,77 @@
+"""The response headers LoRAX sets, with values measured on this request.
+
+Source: LoRAX ``router/src/server.rs`` (non-stream ``generate``: ``x-compute-*``, ``x-*-time``,
+``x-*-tokens``, ``x-model-id``, ``x-adapter-*``; streams: a subset) at a7394ba3
+(shared/reference/lorax-api.md §2.8). Times are integer milliseconds, as LoRAX writes them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from app.engine.base import ModelInfo
+from app.pipeline import GenerationStream
+from app.types import GenerationResult
+
+
+def _ms(seconds: float) -> str:
+    return str(max(0, int(seconds * 1000)))
+
+
+def _compute_type(info: ModelInfo) -> str:
+    return "gpu+optimized" if info.device == "cuda" else info.device
+
+
+def _adapter_headers(adapter_id: str | None, adapter_source: str) -> dict[str, str]:
+    # LoRAX sends these only when an adapter (not the base model) served the request.
+    return {"x-adapter-id": adapter_id, "x-adapter-source": adapter_source} if adapter_id else {}
+
+
+def response_headers(
+    info: ModelInfo,
+    stream: GenerationStream,
+    result: GenerationResult,
+    started: float,
+    characters: int,
+    adapter_source: str,
+) -> dict[str, str]:
+    """Headers of a finished non-streaming request. ``started`` is the handler's
+    ``time.perf_counter()`` at receipt; the validation time runs from there to the moment the
+    request was handed to the engine, the queue time is the engine's own measure."""
+    now = time.perf_counter()
+    t = stream.timings
+    submitted = t.submitted or started
+    queue = t.queue_time or 0.0
+    scheduled = submitted + queue
+    inference = max(0.0, now - scheduled)
+    generated = sum(len(s.token_ids) for s in result.sequences)
+    ttft = (t.first_token - scheduled) if t.first_token is not None else inference
+    headers = {
+        "x-compute-type": _compute_type(info),
+        "x-compute-time": _ms(now - started),
+        "x-compute-characters": str(characters),
+        "x-total-time": _ms(now - started),
+        "x-validation-time": _ms(submitted - started),
+        "x-queue-time": _ms(queue),
+        "x-inference-time": _ms(inference),
+        "x-time-per-token": _ms(inference / generated) if generated else "0",
+        "x-time-to-first-token": _ms(ttft),
+        "x-time-per-output-token": _ms((inference - ttft) / max(generated - 1, 1)),
+        "x-prompt-tokens": str(result.usage.prompt_tokens),
+        "x-generated-tokens": str(generated),
+        "x-skipped-tokens": "0",
+        "x-total-tokens": str(result.usage.prompt_tokens + generated),
+        "x-model-id": info.name,
+    }
+    headers.update(_adapter_headers(stream.request.adapter, adapter_source))
+    return headers
+
+
+def stream_headers(info: ModelInfo, characters: int, adapter_id: str | None, adapter_source: str) -> dict[str, str]:
+    """Headers of a native stream (sent before any token exists)."""
+    return {
+        "x-compute-type": _compute_type(info),
+        "x-compute-characters": str(characters),
+        "x-model-id": info.name,
+        **_adapter_headers(adapter_id, adapter_source),
+    }
