@@ -7,6 +7,8 @@ tracebacks.
 
 from __future__ import annotations
 
+import logging
+
 
 class LoragateError(Exception):
     """Base class. ``message`` is safe to show to the client; ``param`` names the offending
@@ -61,3 +63,12 @@ class EngineDeadError(EngineError):
     """The engine is dead; the process must be restarted."""
 
     kind = "engine_dead"
+
+
+def as_loragate_error(exc: BaseException) -> LoragateError:
+    """``exc`` itself when it is a :class:`LoragateError`; otherwise a generic
+    :class:`EngineError` (logged with its traceback), so nothing internal reaches a client."""
+    if isinstance(exc, LoragateError):
+        return exc
+    logging.getLogger("loragate").error("unexpected error while streaming", exc_info=exc)
+    return EngineError("Internal error while generating.")

@@ -176,9 +176,14 @@ class Pipeline:
         self, requests: list[GenerationRequest], *, prompt_param: str = "prompt"
     ) -> list[GenerationStream]:
         """Start several requests (one per prompt); if any fails to start, abort the others."""
-        results = await asyncio.gather(
-            *(self.start(r, prompt_param=prompt_param) for r in requests), return_exceptions=True
-        )
+        tasks = [asyncio.ensure_future(self.start(r, prompt_param=prompt_param)) for r in requests]
+        try:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:  # the client left while prompts were starting
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is None:
+                    await t.result().aclose()
+            raise
         streams = [r for r in results if isinstance(r, GenerationStream)]
         error = next((r for r in results if isinstance(r, BaseException)), None)
         if error is not None:

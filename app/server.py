@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from app.adapters import AdapterRegistry
@@ -107,14 +108,23 @@ def _client_disconnected(_: object, __: ClientDisconnected) -> Response[bytes]:
 def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_engine) -> Litestar:
     """The loragate ASGI app for ``config``. ``engine_factory`` builds the engine inside the
     lifespan (tests pass one that yields a synthetic engine)."""
+    from native_api.errors import handle_http_error as native_http_error
     from native_api.routes import native_router
+    from openai_compat.errors import handle_http_error as openai_http_error
     from openai_compat.routes import openai_router
+
+    def http_error(request: Request, exc: HTTPException) -> Response[Any]:
+        # Routing errors (unknown path, wrong method) happen before any router's own handlers:
+        # answer them in the shape of the dialect the path belongs to.
+        if request.url.path.startswith("/v1/"):
+            return openai_http_error(request, exc)
+        return native_http_error(request, exc)
 
     return Litestar(
         route_handlers=[health, metrics, openai_router, native_router],
         lifespan=[_lifespan(config, engine_factory)],
         dependencies={"pipeline": Provide(_pipeline, sync_to_thread=False)},
-        exception_handlers={ClientDisconnected: _client_disconnected},
+        exception_handlers={ClientDisconnected: _client_disconnected, HTTPException: http_error},
         openapi_config=OpenAPIConfig(title="loragate", version="0.1.0", path="/docs"),
         debug=False,
     )

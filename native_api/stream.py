@@ -14,7 +14,7 @@ from typing import AsyncGenerator
 import msgspec
 
 from app.engine.base import Engine
-from app.errors import LoragateError
+from app.errors import as_loragate_error
 from app.pipeline import GenerationStream
 from app.types import TokenLogprob
 from native_api.errors import error_payload, stream_error_event
@@ -94,7 +94,7 @@ async def native_events(
                         yield enc.intermediate(token)
         if not finished:
             yield b"data:" + _encode(error_payload("Incomplete generation", "incomplete_generation")) + b"\n\n"
-    except LoragateError as exc:
-        yield stream_error_event(exc)
+    except Exception as exc:  # the response has started: report in-band, never cut the stream silently
+        yield stream_error_event(as_loragate_error(exc))
     finally:
         await stream.aclose()

@@ -77,7 +77,7 @@ def handle_validation_error(_: Request, exc: ValidationException) -> Response[di
     if details and isinstance(details[0], dict):
         first = details[0]
         param = _param(first.get("key"))
-        message = str(first.get("message", exc.detail))
+        message = str(first.get("message", exc.detail)).removeprefix("Value error, ")
         if param:
             message = f"Invalid value for `{param}`: {message}"
         if len(details) > 1:

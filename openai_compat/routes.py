@@ -24,9 +24,13 @@ from openai_compat.schema import ChatCompletionRequest, CompletionRequest
 from openai_compat.stream import ChatStreamEncoder, CompletionStreamEncoder, chat_events, completion_events
 
 
-def _request_id(prefix: str, request: Request) -> str:
+def _ids(prefix: str, request: Request) -> tuple[str, str]:
+    """The response ``id`` (``{prefix}-{X-Request-Id}`` when the client sends one, as vLLM does) and
+    the engine request id, always unique so that clients reusing a header cannot abort each other."""
+    unique = uuid.uuid4().hex
     given = request.headers.get("x-request-id")
-    return f"{prefix}-{given}" if given else f"{prefix}-{uuid.uuid4().hex}"
+    response_id = f"{prefix}-{given}" if given else f"{prefix}-{unique}"
+    return response_id, f"{prefix}-{unique}"
 
 
 @post("/chat/completions", status_code=200, tags=["openai"], summary="Create a chat completion")
@@ -35,12 +39,12 @@ async def create_chat_completion(data: ChatCompletionRequest, request: Request, 
     pipeline.registry.resolve(data.model)
     messages = chat_messages(data)
     sampling = chat_sampling(data)
-    response_id = _request_id("chatcmpl", request)
+    response_id, request_id = _ids("chatcmpl", request)
     created = int(time.time())
     prompt = await until_disconnect(
         request, pipeline.engine.render_chat(messages, add_generation_prompt=data.add_generation_prompt)
     )
-    gen = GenerationRequest(request_id=response_id, prompt=prompt, sampling=sampling, adapter=data.model)
+    gen = GenerationRequest(request_id=request_id, prompt=prompt, sampling=sampling, adapter=data.model)
     stream = await until_disconnect(request, pipeline.start(gen, prompt_param="messages"))
     if data.stream:
         opts = data.stream_options
@@ -61,7 +65,7 @@ async def create_completion(data: CompletionRequest, request: Request, pipeline:
     """OpenAI legacy completions: one prompt or a list (strings or token ids), streaming or not."""
     pipeline.registry.resolve(data.model)
     sampling = completion_sampling(data)
-    response_id = _request_id("cmpl", request)
+    response_id, request_id = _ids("cmpl", request)
     created = int(time.time())
     engine = pipeline.engine
     prompts = []
@@ -70,7 +74,7 @@ async def create_completion(data: CompletionRequest, request: Request, pipeline:
         prompts.append(await until_disconnect(request, render))
     gens = [
         GenerationRequest(
-            request_id=response_id if len(prompts) == 1 else f"{response_id}-{i}",
+            request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
             prompt=prompt,
             sampling=sampling,
             adapter=data.model,

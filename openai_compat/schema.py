@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class _Lenient(BaseModel):
@@ -38,6 +39,13 @@ class ChatMessageIn(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[Union[TextPart, OtherPart]], None] = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> "ChatMessageIn":
+        # Only an assistant message may omit its content (it then carried tool calls).
+        if self.content is None and self.role != "assistant":
+            raise PydanticCustomError("missing", "`content` is required for `{role}` messages", {"role": self.role})
+        return self
 
 
 class JSONSchemaFormat(_Lenient):
@@ -101,11 +109,12 @@ class _SamplingFields(_Lenient):
                 raise ValueError(f"logit_bias values must be in [-100, 100], got {bias}")
         return value
 
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> Any:
-        if self.stream_options is not None and not self.stream:
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
             raise ValueError("`stream_options` can only be set when `stream` is true")
-        return self
+        return value
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -124,11 +133,12 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: Union[str, dict[str, Any], None] = None
     add_generation_prompt: bool = True
 
-    @model_validator(mode="after")
-    def _logprobs_pair(self) -> "ChatCompletionRequest":
-        if self.top_logprobs is not None and not self.logprobs:
+    @field_validator("top_logprobs")
+    @classmethod
+    def _logprobs_pair(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
             raise ValueError("`top_logprobs` requires `logprobs` to be true")
-        return self
+        return value
 
 
 class CompletionRequest(_SamplingFields):

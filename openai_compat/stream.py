@@ -12,7 +12,7 @@ from typing import Any, AsyncGenerator
 import msgspec
 
 from app.engine.base import Engine
-from app.errors import LoragateError
+from app.errors import as_loragate_error
 from app.pipeline import GenerationStream, merge
 from app.types import CompletionDelta, TokenLogprob
 from openai_compat.errors import stream_error_event
@@ -106,8 +106,8 @@ async def chat_events(
         if include_usage:
             yield enc.usage(prompt_tokens, generated)
         yield DONE
-    except LoragateError as exc:
-        yield stream_error_event(exc)
+    except Exception as exc:  # the response has started: report in-band, never cut the stream silently
+        yield stream_error_event(as_loragate_error(exc))
         yield DONE
     finally:
         await stream.aclose()
@@ -154,8 +154,8 @@ async def completion_events(
         if include_usage:
             yield enc.usage(prompt_tokens, generated)
         yield DONE
-    except LoragateError as exc:
-        yield stream_error_event(exc)
+    except Exception as exc:  # the response has started: report in-band, never cut the stream silently
+        yield stream_error_event(as_loragate_error(exc))
         yield DONE
     finally:
         for s in streams:

@@ -122,6 +122,7 @@ class SyntheticEngine:
             for i in range(s.n)
         ]
         self.running.add(request.request_id)
+        done = False
         prompt_logprobs = None
         if s.prompt_logprobs is not None:
             prompt_logprobs = [TokenLogprob(token_id=request.prompt.token_ids[0], text="", logprob=None)]
@@ -188,6 +189,8 @@ class SyntheticEngine:
                         )
                     )
                 finished = all(st["done"] for st in states)
+                if finished:
+                    done = True  # the consumer may close us after this item: that is not an abort
                 yield EngineOutput(
                     deltas=deltas,
                     finished=finished,
@@ -199,7 +202,8 @@ class SyntheticEngine:
                 if finished:
                     return
         except (asyncio.CancelledError, GeneratorExit):
-            self.aborted.append(request.request_id)
+            if not done:
+                self.aborted.append(request.request_id)
             raise
         finally:
             self.running.discard(request.request_id)

@@ -10,6 +10,7 @@ model sampling defaults come from ``get_diff_sampling_param()``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import TYPE_CHECKING, Any, AsyncIterator
@@ -100,6 +101,11 @@ class VLLMEngine:
         self._tokenizer = llm.get_tokenizer()
         self._defaults: dict[str, Any] = llm.model_config.get_diff_sampling_param()
         self._lora_requests: dict[int, Any] = {}
+        # Tokenize without vLLM's own context-length check: the pipeline (OpenAI) and the LoRAX
+        # validation each apply the rule with their dialect's message and order of checks.
+        renderer = llm.renderer
+        self._cmpl_tok_params = dataclasses.replace(renderer.default_cmpl_tok_params, max_total_tokens=None)
+        self._chat_tok_params = dataclasses.replace(renderer.default_chat_tok_params, max_total_tokens=None)
         self._special_ids = frozenset(getattr(self._tokenizer, "all_special_ids", ()) or ())
         self._token_text_cache: dict[int, str] = {}
 
@@ -138,7 +144,9 @@ class VLLMEngine:
         ]
         params = ChatParams(chat_template_kwargs={"add_generation_prompt": add_generation_prompt})
         try:
-            _, (engine_input,) = await self._llm.renderer.render_chat_async([conversation], params)
+            _, (engine_input,) = await self._llm.renderer.render_chat_async(
+                [conversation], params, self._chat_tok_params
+            )
         except Exception as exc:  # template errors, missing template, too long
             raise self._client_error(exc) from exc
         return Prompt(
@@ -150,10 +158,9 @@ class VLLMEngine:
     async def render_text(self, text: str, *, add_special_tokens: bool = True) -> Prompt:
         from vllm.inputs import TextPrompt
 
-        renderer = self._llm.renderer
-        params = renderer.default_cmpl_tok_params if add_special_tokens else renderer.default_chat_tok_params
+        params = self._cmpl_tok_params if add_special_tokens else self._chat_tok_params
         try:
-            (engine_input,) = await renderer.render_cmpl_async([TextPrompt(prompt=text)], params)
+            (engine_input,) = await self._llm.renderer.render_cmpl_async([TextPrompt(prompt=text)], params)
         except Exception as exc:
             raise self._client_error(exc) from exc
         return Prompt(token_ids=list(engine_input["prompt_token_ids"]), text=text, engine_input=engine_input)
@@ -162,7 +169,9 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         try:
-            (engine_input,) = await self._llm.renderer.render_cmpl_async([TokensPrompt(prompt_token_ids=token_ids)])
+            (engine_input,) = await self._llm.renderer.render_cmpl_async(
+                [TokensPrompt(prompt_token_ids=token_ids)], self._cmpl_tok_params
+            )
         except Exception as exc:
             raise self._client_error(exc) from exc
         return Prompt(token_ids=list(token_ids), text=None, engine_input=engine_input)
@@ -182,11 +191,14 @@ class VLLMEngine:
         structured = None
         if s.structured is not None:
             so = s.structured
+            # Compact JSON: grammars that allow any whitespace let small models emit spaces until
+            # max_tokens (a known failure mode with xgrammar); compact JSON is still valid JSON.
             structured = StructuredOutputsParams(
                 json=so.json_schema,
                 json_object=True if so.json_object else None,
                 regex=so.regex,
                 choice=so.choice,
+                disable_any_whitespace=so.json_schema is not None or so.json_object,
             )
         try:
             return SamplingParams(
