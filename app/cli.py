@@ -43,6 +43,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--max-model-len", type=int, help="Context length in tokens (default: from the model's config).")
     m.add_argument("--seed", type=int, default=0, help="Engine-wide random seed.")
     m.add_argument("--max-logprobs", type=int, default=20, help="Most logprobs a request may ask for.")
+    m.add_argument("--json-any-whitespace", action="store_true",
+                   help="Let structured JSON output contain free whitespace (default: compact JSON, which keeps "
+                   "small models from padding with spaces until max_tokens).")
     lo = p.add_argument_group("LoRA adapters")
     lo.add_argument("--lora-modules", nargs="+", type=_lora_module, default=[], metavar="NAME=PATH",
                     help="Adapters to load at start-up: NAME=PATH or a JSON object "
@@ -106,6 +109,7 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
         enforce_eager=ns.enforce_eager,
         max_num_seqs=ns.max_num_seqs,
         max_logprobs=ns.max_logprobs,
+        json_any_whitespace=ns.json_any_whitespace,
         seed=ns.seed,
         engine=ns.engine,
         synthetic_token_interval=ns.synthetic_token_interval,

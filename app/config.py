@@ -70,6 +70,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     enforce_eager: bool = False
     max_num_seqs: int | None = None
     max_logprobs: int = 20
+    json_any_whitespace: bool = False
     seed: int = 0
     engine: str = "vllm"
     synthetic_token_interval: float = 0.0

@@ -191,14 +191,11 @@ class VLLMEngine:
         structured = None
         if s.structured is not None:
             so = s.structured
-            # Compact JSON: grammars that allow any whitespace let small models emit spaces until
-            # max_tokens (a known failure mode with xgrammar); compact JSON is still valid JSON.
             structured = StructuredOutputsParams(
                 json=so.json_schema,
                 json_object=True if so.json_object else None,
                 regex=so.regex,
                 choice=so.choice,
-                disable_any_whitespace=so.json_schema is not None or so.json_object,
             )
         try:
             return SamplingParams(

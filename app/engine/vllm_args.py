@@ -51,6 +51,12 @@ def engine_args(config: ServerConfig, *, model: str, enable_lora: bool) -> Any:
             max_lora_rank=config.max_lora_rank,
             max_cpu_loras=config.max_cpu_loras,
         )
+    if not config.json_any_whitespace:
+        # Compact JSON (engine-wide in vLLM 0.32; xgrammar honours no per-request flag): grammars that
+        # allow any whitespace let small models emit spaces until max_tokens, a known failure mode.
+        from vllm.config import StructuredOutputsConfig
+
+        kwargs["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
     if config.max_num_seqs is not None:
         kwargs["max_num_seqs"] = config.max_num_seqs
     if config.gpu_memory_utilization is not None:
