@@ -52,11 +52,22 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                     '{"name": ..., "path": ..., "base_model_name": ...}. Clients select one with model=NAME.')
     lo.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=None,
                     help="Enable LoRA support (default: on when adapters are given or the demo model is served).")
+    lo.add_argument("--adapter-root", action="append", default=[], metavar="DIR",
+                    help="Directory that `local` adapters may be loaded from (repeatable); without one, requests "
+                    "cannot load local adapters.")
+    lo.add_argument("--adapter-source", default="hub", choices=["hub", "local", "s3"],
+                    help="Where an adapter id named by a request (LoRAX adapter_id, or an unknown OpenAI model) is "
+                    "loaded from, unless the request says (adapter_source).")
+    lo.add_argument("--adapter-cache-dir", metavar="DIR",
+                    help="Where S3 downloads and merged adapters are kept (default: ~/.cache/loragate/adapters). "
+                    "Hub downloads use the standard Hugging Face cache.")
+    lo.add_argument("--s3-endpoint-url", help="Endpoint of an S3-compatible store (default: boto3's configuration).")
     lo.add_argument("--max-loras", type=int, default=4, help="Most distinct adapters in one batch.")
     lo.add_argument("--max-lora-rank", type=int, default=16, choices=[1, 8, 16, 32, 64, 128, 256, 320, 512],
                     help="Largest adapter rank accepted.")
     lo.add_argument("--max-cpu-loras", type=int,
-                    help="Adapters kept loaded in CPU memory (LRU); must be >= --max-loras (default: --max-loras).")
+                    help="Adapters kept ready in memory; the least recently used idle one is evicted beyond it. "
+                    "Must be >= --max-loras (default: --max-loras).")
     e = p.add_argument_group("engine")
     e.add_argument("--tensor-parallel-size", type=int, default=1, help="Number of GPUs to shard the model over.")
     e.add_argument("--gpu-memory-utilization", type=float,
@@ -100,6 +111,10 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
         max_model_len=ns.max_model_len,
         lora_modules=lora_modules,
         enable_lora=enable_lora,
+        adapter_roots=tuple(ns.adapter_root),
+        adapter_source=ns.adapter_source,
+        adapter_cache_dir=ns.adapter_cache_dir,
+        s3_endpoint_url=ns.s3_endpoint_url,
         max_loras=ns.max_loras,
         max_lora_rank=ns.max_lora_rank,
         max_cpu_loras=ns.max_cpu_loras,

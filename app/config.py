@@ -49,6 +49,9 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Everything ``loragate serve`` needs. Engine fields carry ``vllm serve``'s names and meanings.
 
     ``model`` is a local path or a Hugging Face id (``None``: the built-in demo model).
+    ``adapter_roots`` are the directories ``local`` adapters may be loaded from; ``adapter_source``
+    is where adapter ids that requests name are loaded from by default (``hub``, ``local``, ``s3``);
+    ``max_cpu_loras`` (default ``max_loras``) bounds the adapters kept ready.
     ``kv_cache_memory_bytes`` sizes the KV cache explicitly (bytes; ``None``: on CPU a safe default
     is chosen, on GPU ``gpu_memory_utilization`` decides). ``engine`` is ``"vllm"`` (the product)
     or ``"synthetic"`` (benchmarks of the server's own overhead only)."""
@@ -61,6 +64,10 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_model_len: int | None = None
     lora_modules: tuple[LoRAModule, ...] = ()
     enable_lora: bool | None = None
+    adapter_roots: tuple[str, ...] = ()
+    adapter_source: str = "hub"
+    adapter_cache_dir: str | None = None
+    s3_endpoint_url: str | None = None
     max_loras: int = 4
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None

@@ -47,6 +47,13 @@ class AdapterLoadError(LoragateError):
     kind = "adapter_load"
 
 
+class AdapterForbiddenError(LoragateError):
+    """The adapter may not be loaded from where the request points (outside the allowed roots,
+    gated, access denied). The message never reveals the server's file system."""
+
+    kind = "adapter_forbidden"
+
+
 class OverloadedError(LoragateError):
     """The server is at its concurrency or queue limit; the client may retry later."""
 

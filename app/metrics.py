@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 from litestar import Response, get
 from litestar.datastructures import State
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -53,3 +53,24 @@ def track_engine(engine: Engine | None) -> None:
 async def metrics(state: State) -> Response[bytes]:
     """Every metric of this process in the Prometheus text format."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- adapters -------------------------------------------------------------------------------
+
+ADAPTER_LOADS = Counter(
+    "loragate_adapter_loads",
+    "Adapter loads (fetch, validation and engine registration), by source and outcome.",
+    ["source", "outcome"],
+)
+ADAPTER_LOAD_SECONDS = Histogram(
+    "loragate_adapter_load_duration_seconds",
+    "Time to make an adapter ready: fetch, validation and engine registration.",
+    ["source"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)
+ADAPTER_CACHE = Counter(
+    "loragate_adapter_cache_requests",
+    "Requests naming an adapter, by whether it was ready (hit) or had to be loaded (miss).",
+    ["result"],
+)
+ADAPTER_EVICTIONS = Counter("loragate_adapter_evictions", "Adapters evicted (least recently used) to stay in bound.")

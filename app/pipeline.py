@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import msgspec
 
 from app.adapters import AdapterRegistry
+from app.adapters.merge import MergeSpec
 from app.engine.base import AdapterSpec, Engine
 from app.errors import InvalidRequestError
 from app.types import (
@@ -59,8 +60,10 @@ class GenerationStream:
         adapter: AdapterSpec | None,
         outputs: AsyncIterator[EngineOutput],
         timings: RequestTimings,
+        on_close: Callable[[AdapterSpec | None], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._on_close = on_close
         self.request = request
         self.adapter = adapter
         self._outputs = outputs
@@ -113,6 +116,8 @@ class GenerationStream:
         if self.closed:
             return
         self.closed = True
+        if self._on_close is not None:
+            self._on_close(self.adapter)
         aclose = getattr(self._outputs, "aclose", None)
         if aclose is not None:
             try:
@@ -165,12 +170,29 @@ class Pipeline:
         Raises the :mod:`app.errors` errors: ``InvalidRequestError`` (naming the parameter),
         ``ModelNotFoundError``, ``OverloadedError``, ``EngineError``/``EngineDeadError``."""
         timings = RequestTimings()
-        adapter = self.registry.resolve(request.adapter)
         request = self._check(request, prompt_param)
-        timings.submitted = time.perf_counter()
-        stream = GenerationStream(self.engine, request, adapter, self.engine.generate(request, adapter), timings)
+        adapter = await self._acquire_adapter(request)
+        try:
+            timings.submitted = time.perf_counter()
+            outputs = self.engine.generate(request, adapter)
+        except BaseException:
+            self.registry.release(adapter)
+            raise
+        stream = GenerationStream(self.engine, request, adapter, outputs, timings, on_close=self.registry.release)
         await stream._prime()
         return stream
+
+    async def _acquire_adapter(self, request: GenerationRequest) -> AdapterSpec | None:
+        if request.merge is not None:
+            m = request.merge
+            spec = MergeSpec(
+                weights=tuple(m.weights), strategy=m.strategy, density=m.density,
+                majority_sign_method=m.majority_sign_method,
+            )
+            return await self.registry.acquire_merged(
+                m.ids, spec, source=request.adapter_source, api_token=request.api_token
+            )
+        return await self.registry.acquire(request.adapter, source=request.adapter_source, api_token=request.api_token)
 
     async def start_many(
         self, requests: list[GenerationRequest], *, prompt_param: str = "prompt"

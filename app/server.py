@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from litestar import Litestar, Request, Response, get
@@ -18,6 +19,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from app.adapters import AdapterRegistry
+from app.adapters.sources import AdapterSources
 from app.config import ServerConfig
 from app.engine.base import Engine
 from app.errors import EngineDeadError
@@ -50,7 +52,8 @@ async def build_engine(config: ServerConfig) -> AsyncIterator[Engine]:
 
         model = config.model
         assert model is not None, "resolve the demo model before building the engine"
-        enable_lora = config.enable_lora if config.enable_lora is not None else bool(config.lora_modules)
+        # LoRA is on unless disabled: any request may name an adapter to load on demand.
+        enable_lora = config.enable_lora if config.enable_lora is not None else True
         args = engine_args(config, model=model, enable_lora=enable_lora)
         engine = await VLLMEngine.start(args, served_model_name=config.served_model_name or model)
     try:
@@ -63,7 +66,17 @@ def _lifespan(config: ServerConfig, engine_factory: EngineFactory) -> Callable[[
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with engine_factory(config) as engine:
-            registry = AdapterRegistry(engine, engine.info.name)
+            registry = AdapterRegistry(
+                engine,
+                engine.info.name,
+                sources=AdapterSources(
+                    roots=config.adapter_roots,
+                    cache_dir=config.adapter_cache_dir or Path.home() / ".cache" / "loragate" / "adapters",
+                    s3_endpoint_url=config.s3_endpoint_url,
+                ),
+                default_source=config.adapter_source,
+                capacity=config.max_cpu_loras or config.max_loras,
+            )
             for module in config.lora_modules:
                 spec = await registry.register(module.name, module.path)
                 logger.info("adapter %s loaded (id %d)", spec.name, spec.int_id)

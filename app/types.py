@@ -82,18 +82,38 @@ class Prompt(msgspec.Struct, kw_only=True):
     engine_input: Any = None
 
 
+class AdapterMerge(msgspec.Struct, frozen=True, kw_only=True):
+    """Adapters to merge into one (LoRAX ``merged_adapters``): ``ids`` with one weight each,
+    ``strategy`` (linear, ties, dare_linear, dare_ties), ``density`` and ``majority_sign_method``
+    for the ties/dare strategies."""
+
+    ids: list[str]
+    weights: list[float]
+    strategy: str = "linear"
+    density: float = 0.0
+    majority_sign_method: str = "total"
+
+
 class GenerationRequest(msgspec.Struct, kw_only=True):
     """One request to generate from one prompt.
 
-    ``adapter`` is the name of a registered adapter (``None`` for the base model);
-    ``request_id`` is unique per server and is what the engine aborts on disconnect.
+    ``adapter`` names an adapter (``None`` for the base model): a loaded name, or an adapter id to
+    load from ``adapter_source`` (``None``: the server's default source). ``api_token`` is the
+    client's token for that source (never logged). ``merge`` asks for a merge of several adapters
+    instead. ``request_id`` is unique per server and is what the engine aborts on disconnect.
     """
 
     request_id: str
     prompt: Prompt
     sampling: SamplingOptions
     adapter: str | None = None
+    adapter_source: str | None = None
+    api_token: str | None = msgspec.field(default=None)
+    merge: AdapterMerge | None = None
     priority: int = 0
+
+    def __repr__(self) -> str:  # keep api_token out of logs and tracebacks
+        return f"GenerationRequest(request_id={self.request_id!r}, adapter={self.adapter!r})"
 
 
 class FinishReason(str, enum.Enum):

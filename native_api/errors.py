@@ -17,6 +17,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from app.errors import (
+    AdapterForbiddenError,
     AdapterLoadError,
     EngineError,
     InvalidRequestError,
@@ -39,7 +40,7 @@ def status_and_payload(exc: LoragateError | LoraxValidationError) -> tuple[int, 
         return 422, error_payload(f"Input validation error: {exc.message}", "validation")
     if isinstance(exc, OverloadedError):
         return 429, error_payload("Model is overloaded", "overloaded")
-    if isinstance(exc, (ModelNotFoundError, AdapterLoadError, EngineError)):
+    if isinstance(exc, (ModelNotFoundError, AdapterLoadError, AdapterForbiddenError, EngineError)):
         # LoRAX reports adapter download/load failures as generation errors (424), like engine faults.
         return 424, error_payload(f"Request failed during generation: {exc.message}", "generation")
     return 500, error_payload(exc.message, "incomplete_generation")

@@ -18,7 +18,7 @@ from app.errors import LoragateError
 from app.pipeline import GenerationStream, Pipeline, collect
 from app.server import health_response
 from app.sse import SSEResponse, until_disconnect
-from app.types import GenerationRequest
+from app.types import AdapterMerge, GenerationRequest
 from native_api.errors import EXCEPTION_HANDLERS, stream_error_event
 from native_api.mapping import generate_response, sampling_options
 from native_api.schema import GenerateRequest, TokenizeRequest
@@ -27,7 +27,6 @@ from native_api.timing import response_headers, stream_headers
 from native_api.validation import LoraxLimits, LoraxValidationError, validate_length, validate_parameters
 
 VERSION = "0.1.0"
-DEFAULT_ADAPTER_SOURCE = "local"
 
 
 def limits(pipeline: Pipeline) -> LoraxLimits:
@@ -50,10 +49,15 @@ async def _prepare(data: GenerateRequest, request: Request, pipeline: Pipeline, 
     p = data.params
     lim = limits(pipeline)
     validate_parameters(p, data.inputs, lim, stream=stream)
-    if p.merged_adapters is not None:
-        raise LoraxValidationError("`merged_adapters` is not supported by this server yet")
     adapter = p.adapter_id or None  # null or "" mean the base model
-    pipeline.registry.resolve(adapter)
+    merge = None
+    if p.merged_adapters is not None:
+        m = p.merged_adapters
+        merge = AdapterMerge(
+            ids=m.ids, weights=m.weights, strategy=(m.merge_strategy or "linear").lower(), density=m.density,
+            majority_sign_method=(m.majority_sign_method or "total").lower(),
+        )
+    api_token = p.api_token or _bearer(request)
     engine = pipeline.engine
     prompt = await engine.render_text(data.inputs)
     if p.truncate is not None and len(prompt.token_ids) > p.truncate:
@@ -61,8 +65,18 @@ async def _prepare(data: GenerateRequest, request: Request, pipeline: Pipeline, 
         prompt = await engine.render_tokens(prompt.token_ids[-p.truncate:])
     validate_length(p, len(prompt.token_ids), lim)
     sampling, seed = sampling_options(p, stream=stream)
-    gen = GenerationRequest(request_id=f"lorax-{uuid.uuid4().hex}", prompt=prompt, sampling=sampling, adapter=adapter)
-    return _Prepared(gen=gen, seed=seed, adapter_source=p.adapter_source or DEFAULT_ADAPTER_SOURCE, started=started)
+    gen = GenerationRequest(
+        request_id=f"lorax-{uuid.uuid4().hex}", prompt=prompt, sampling=sampling, adapter=adapter,
+        adapter_source=p.adapter_source, api_token=api_token, merge=merge,
+    )
+    adapter_source = p.adapter_source or pipeline.registry.default_source
+    return _Prepared(gen=gen, seed=seed, adapter_source=adapter_source, started=started)
+
+
+def _bearer(request: Request) -> str | None:
+    """LoRAX forwards ``Authorization: Bearer <token>`` as ``api_token`` when the body has none."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 async def _generate(data: GenerateRequest, request: Request, pipeline: Pipeline) -> tuple[dict[str, Any], dict[str, str]]:
@@ -81,7 +95,7 @@ async def _generate(data: GenerateRequest, request: Request, pipeline: Pipeline)
 
 async def _generate_stream(data: GenerateRequest, request: Request, pipeline: Pipeline) -> SSEResponse:
     """Every error, validation included, is an SSE event on a 200 response, as LoRAX sends it."""
-    adapter_source = data.params.adapter_source or DEFAULT_ADAPTER_SOURCE
+    adapter_source = data.params.adapter_source or pipeline.registry.default_source
     headers = stream_headers(pipeline.engine.info, len(data.inputs), data.params.adapter_id or None, adapter_source)
     try:
         prepared = await until_disconnect(request, _prepare(data, request, pipeline, stream=True))
@@ -159,7 +173,7 @@ async def info(pipeline: Pipeline) -> dict[str, Any]:
         "sha": None,
         "docker_label": None,
         "request_logger_url": None,
-        "adapter_source": DEFAULT_ADAPTER_SOURCE,
+        "adapter_source": pipeline.registry.default_source,
     }
 
 

@@ -12,6 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from app.errors import (
+    AdapterForbiddenError,
     AdapterLoadError,
     EngineDeadError,
     EngineError,
@@ -26,6 +27,7 @@ _STATUS: dict[type[LoragateError], tuple[int, str, str | None]] = {
     InvalidRequestError: (400, "invalid_request_error", None),
     ModelNotFoundError: (404, "invalid_request_error", "model_not_found"),
     AdapterLoadError: (400, "invalid_request_error", "adapter_load_failed"),
+    AdapterForbiddenError: (403, "permission_error", "adapter_forbidden"),
     OverloadedError: (429, "rate_limit_error", "server_overloaded"),
     EngineDeadError: (503, "server_error", "engine_dead"),
     EngineError: (500, "server_error", None),

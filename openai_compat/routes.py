@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, Router, get, post
 
 from app.pipeline import Pipeline, collect
@@ -36,7 +37,6 @@ def _ids(prefix: str, request: Request) -> tuple[str, str]:
 @post("/chat/completions", status_code=200, tags=["openai"], summary="Create a chat completion")
 async def create_chat_completion(data: ChatCompletionRequest, request: Request, pipeline: Pipeline) -> Response[Any]:
     """OpenAI chat completions, streaming (SSE ending in ``data: [DONE]``) or not."""
-    pipeline.registry.resolve(data.model)
     messages = chat_messages(data)
     sampling = chat_sampling(data)
     response_id, request_id = _ids("chatcmpl", request)
@@ -44,7 +44,10 @@ async def create_chat_completion(data: ChatCompletionRequest, request: Request, 
     prompt = await until_disconnect(
         request, pipeline.engine.render_chat(messages, add_generation_prompt=data.add_generation_prompt)
     )
-    gen = GenerationRequest(request_id=request_id, prompt=prompt, sampling=sampling, adapter=data.model)
+    gen = GenerationRequest(
+        request_id=request_id, prompt=prompt, sampling=sampling, adapter=data.model,
+        adapter_source=data.adapter_source, api_token=data.api_token,
+    )
     stream = await until_disconnect(request, pipeline.start(gen, prompt_param="messages"))
     if data.stream:
         opts = data.stream_options
@@ -63,7 +66,6 @@ async def create_chat_completion(data: ChatCompletionRequest, request: Request, 
 @post("/completions", status_code=200, tags=["openai"], summary="Create a completion")
 async def create_completion(data: CompletionRequest, request: Request, pipeline: Pipeline) -> Response[Any]:
     """OpenAI legacy completions: one prompt or a list (strings or token ids), streaming or not."""
-    pipeline.registry.resolve(data.model)
     sampling = completion_sampling(data)
     response_id, request_id = _ids("cmpl", request)
     created = int(time.time())
@@ -78,6 +80,8 @@ async def create_completion(data: CompletionRequest, request: Request, pipeline:
             prompt=prompt,
             sampling=sampling,
             adapter=data.model,
+            adapter_source=data.adapter_source,
+            api_token=data.api_token,
         )
         for i, prompt in enumerate(prompts)
     ]
@@ -131,7 +135,7 @@ async def list_models(pipeline: Pipeline) -> dict[str, Any]:
             "object": "model",
             "created": e.created,
             "owned_by": "loragate",
-            "root": e.spec.path,
+            "root": e.adapter_id if e.source != "local" else e.spec.path,
             "parent": info.name,
             "max_model_len": None,
         }
@@ -140,8 +144,38 @@ async def list_models(pipeline: Pipeline) -> dict[str, Any]:
     return {"object": "list", "data": [base, *adapters]}
 
 
+class LoadLoRAAdapterRequest(msgspec.Struct, kw_only=True):
+    """vLLM's ``POST /v1/load_lora_adapter`` body (``lora_path``: a local path under an adapter root,
+    an ``s3://`` URI or a Hugging Face repo id)."""
+
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+class UnloadLoRAAdapterRequest(msgspec.Struct, kw_only=True):
+    """vLLM's ``POST /v1/unload_lora_adapter`` body."""
+
+    lora_name: str
+    lora_int_id: int | None = None
+
+
+@post("/load_lora_adapter", status_code=200, tags=["adapters"], summary="Load a LoRA adapter")
+async def load_lora_adapter(data: LoadLoRAAdapterRequest, pipeline: Pipeline) -> Response[str]:
+    """Load and validate an adapter under ``lora_name`` (vLLM-compatible; plain-text answer)."""
+    await pipeline.registry.load_named(data.lora_name, data.lora_path)
+    return Response(f"Success: LoRA adapter '{data.lora_name}' added successfully.", media_type="text/plain")
+
+
+@post("/unload_lora_adapter", status_code=200, tags=["adapters"], summary="Unload a LoRA adapter")
+async def unload_lora_adapter(data: UnloadLoRAAdapterRequest, pipeline: Pipeline) -> Response[str]:
+    """Unload an adapter and free its engine memory (unlike vLLM's, which only forgets the name)."""
+    await pipeline.registry.unregister(data.lora_name)
+    return Response(f"Success: LoRA adapter '{data.lora_name}' removed successfully.", media_type="text/plain")
+
+
 openai_router = Router(
     path="/v1",
-    route_handlers=[create_chat_completion, create_completion, list_models],
+    route_handlers=[create_chat_completion, create_completion, list_models, load_lora_adapter, unload_lora_adapter],
     exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
 )

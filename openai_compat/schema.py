@@ -90,6 +90,9 @@ class _SamplingFields(_Lenient):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # LoRAX extensions: where an adapter named by `model` is loaded from, and the token for it
+    adapter_source: Literal["hub", "local", "s3"] | None = None
+    api_token: str | None = Field(default=None, repr=False)
 
     @field_validator("stop")
     @classmethod

@@ -116,6 +116,11 @@ class Engine(Protocol):
         """Requests the engine still holds (running or waiting); 0 once every stream ended."""
         ...
 
+    def linear_shapes(self) -> dict[str, tuple[int, int]] | None:
+        """The base model's linear layers: module path -> ``(in_features, out_features)``, to check
+        that an adapter fits before the engine uses it; ``None`` when unknown."""
+        ...
+
     async def check_health(self) -> None:
         """Raise :class:`app.errors.EngineDeadError` when the engine cannot serve."""
         ...

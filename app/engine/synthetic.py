@@ -246,6 +246,9 @@ class SyntheticEngine:
     def num_unfinished_requests(self) -> int:
         return len(self.running)
 
+    def linear_shapes(self) -> dict[str, tuple[int, int]] | None:
+        return None  # no model: adapters are not checked against one
+
     async def check_health(self) -> None:
         if self.dead:
             raise EngineDeadError("The engine is not running.")

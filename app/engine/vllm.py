@@ -10,6 +10,7 @@ model sampling defaults come from ``get_diff_sampling_param()``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -89,6 +90,26 @@ def _convert_logprobs(token_ids: Any, logprobs: Any, num_top: int) -> list[Token
     return out
 
 
+def _linear_shapes(hf_config: Any) -> dict[str, tuple[int, int]] | None:
+    """The base model's linear layers, from its Hugging Face config on the ``meta`` device (no
+    memory, no weights). ``None`` for architectures ``transformers`` cannot build that way."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+    except Exception:
+        logger.warning("cannot build %s on the meta device: adapters will not be shape-checked",
+                       type(hf_config).__name__)
+        return None
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+
+
 class VLLMEngine:
     """:class:`app.engine.base.Engine` over vLLM's ``AsyncLLM``.
 
@@ -108,6 +129,7 @@ class VLLMEngine:
         self._chat_tok_params = dataclasses.replace(renderer.default_chat_tok_params, max_total_tokens=None)
         self._special_ids = frozenset(getattr(self._tokenizer, "all_special_ids", ()) or ())
         self._token_text_cache: dict[int, str] = {}
+        self._linear_shapes: dict[str, tuple[int, int]] | None = None
 
     @classmethod
     async def start(cls, engine_args: "AsyncEngineArgs", *, served_model_name: str) -> "VLLMEngine":
@@ -132,7 +154,9 @@ class VLLMEngine:
             device=str(llm.vllm_config.device_config.device_type),
             eos_token_id=getattr(tokenizer, "eos_token_id", None),
         )
-        return cls(llm, info)
+        engine = cls(llm, info)
+        engine._linear_shapes = await asyncio.to_thread(_linear_shapes, mc.hf_config)
+        return engine
 
     # -- prompts ---------------------------------------------------------------------------
 
@@ -330,6 +354,9 @@ class VLLMEngine:
 
     def num_unfinished_requests(self) -> int:
         return int(self._llm.get_num_unfinished_requests())
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]] | None:
+        return self._linear_shapes
 
     async def check_health(self) -> None:
         try:

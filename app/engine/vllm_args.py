@@ -49,7 +49,7 @@ def engine_args(config: ServerConfig, *, model: str, enable_lora: bool) -> Any:
         kwargs.update(
             max_loras=config.max_loras,
             max_lora_rank=config.max_lora_rank,
-            max_cpu_loras=config.max_cpu_loras,
+            max_cpu_loras=config.max_cpu_loras or config.max_loras,
         )
     if not config.json_any_whitespace:
         # Compact JSON (engine-wide in vLLM 0.32; xgrammar honours no per-request flag): grammars that

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
+import tempfile
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -31,7 +33,21 @@ from app.server import create_app
 
 BASE = "synth"
 ADAPTER = "lora-a"
-ADAPTER_PATH = "/tmp/loragate-unit-adapter-a"
+ADAPTER_ROOT = tempfile.mkdtemp(prefix="loragate-unit-adapters-")
+
+
+def write_adapter(directory: str | os.PathLike, *, r: int = 8, **config: Any) -> str:
+    """A minimal PEFT LoRA adapter directory (config and an empty weights file): enough for the
+    registry's checks; the synthetic engine never reads weights."""
+    os.makedirs(directory, exist_ok=True)
+    body = {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": ["q_proj", "v_proj"], **config}
+    with open(os.path.join(directory, "adapter_config.json"), "w") as f:
+        json.dump(body, f)
+    open(os.path.join(directory, "adapter_model.safetensors"), "wb").close()
+    return os.fspath(directory)
+
+
+ADAPTER_PATH = write_adapter(os.path.join(ADAPTER_ROOT, ADAPTER))
 MAX_MODEL_LEN = 512
 USER = [{"role": "user", "content": "Tell me about foxes."}]
 
@@ -49,7 +65,11 @@ def make_app(engine: SyntheticEngine, *, adapters: tuple[tuple[str, str], ...] =
         yield engine
 
     config = ServerConfig(
-        engine="synthetic", lora_modules=tuple(LoRAModule(name=n, path=p) for n, p in adapters)
+        engine="synthetic",
+        lora_modules=tuple(LoRAModule(name=n, path=p) for n, p in adapters),
+        adapter_roots=(ADAPTER_ROOT,),
+        adapter_source="local",
+        adapter_cache_dir=os.path.join(ADAPTER_ROOT, ".cache"),
     )
     return create_app(config, engine_factory=factory)
 

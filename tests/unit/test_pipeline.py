@@ -4,12 +4,15 @@ engine request whenever a consumer stops early (nothing may keep generating for 
 from __future__ import annotations
 
 import asyncio
+import os
 import itertools
 from typing import Any
 
 import pytest
 
 from app.adapters import AdapterRegistry
+from app.adapters.sources import AdapterSources
+from tests.unit.conftest import ADAPTER_PATH, ADAPTER_ROOT
 from app.engine.synthetic import SyntheticEngine
 from app.errors import InvalidRequestError, ModelNotFoundError
 from app.pipeline import Pipeline, collect, merge
@@ -25,8 +28,9 @@ def engine_kwargs() -> dict[str, Any]:
 
 @pytest.fixture
 async def pipeline(engine: SyntheticEngine) -> Pipeline:
-    registry = AdapterRegistry(engine, engine.info.name)
-    await registry.register("lora-a", "/tmp/loragate-unit-adapter-a")
+    sources = AdapterSources(roots=(ADAPTER_ROOT,), cache_dir=os.path.join(ADAPTER_ROOT, ".cache"))
+    registry = AdapterRegistry(engine, engine.info.name, sources=sources, default_source="local")
+    await registry.register("lora-a", ADAPTER_PATH)
     return Pipeline(engine, registry)
 
 
