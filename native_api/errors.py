@@ -24,8 +24,13 @@ from app.errors import (
     LoragateError,
     ModelNotFoundError,
     OverloadedError,
+    as_loragate_error,
 )
 from native_api.validation import LoraxValidationError
+
+
+class IncompleteGenerationError(Exception):
+    """The engine ended a request without finishing it (aborted or failed)."""
 
 
 def error_payload(message: str, error_type: str) -> dict[str, str]:
@@ -75,13 +80,24 @@ def handle_body_validation(_: Request, exc: ValidationException) -> Response[dic
 
 def handle_http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
     detail = str(exc.detail)
-    if exc.status_code == 400 and "JSON" in detail:
+    if exc.status_code == 400:  # a body that could not be decoded
         detail = f"Failed to parse the request body as JSON: {detail}"
     error_type = "bad_request" if exc.status_code < 500 else "internal"
     return _json(exc.status_code, error_payload(detail, error_type))
 
 
+def handle_incomplete(_: Request, __: IncompleteGenerationError) -> Response[dict[str, Any]]:
+    return _json(500, error_payload("Incomplete generation", "incomplete_generation"))
+
+
+def handle_unexpected(_: Request, exc: Exception) -> Response[dict[str, Any]]:
+    """Anything else: a LoRAX generation error (logged with its traceback), never a bare 500."""
+    return handle_error(_, as_loragate_error(exc))
+
+
 EXCEPTION_HANDLERS = {
+    Exception: handle_unexpected,
+    IncompleteGenerationError: handle_incomplete,
     LoraxValidationError: handle_error,
     LoragateError: handle_error,
     ValidationException: handle_body_validation,

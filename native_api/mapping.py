@@ -114,17 +114,31 @@ def mean_logprob(seq: SequenceResult) -> float:
     return sum(values) / len(values) if values else float("-inf")
 
 
+def adapter_label(p: GenerateParameters) -> str | None:
+    """What LoRAX reports as ``x-adapter-id``: the adapter id, the comma-joined ids of a merge, or
+    ``None`` for the base model."""
+    if p.adapter_id:
+        return p.adapter_id
+    return ",".join(p.merged_adapters.ids) if p.merged_adapters is not None else None
+
+
+def rank_sequences(result: GenerationResult) -> list[SequenceResult]:
+    """Sequences best first (by mean token logprob, as LoRAX picks the best of ``best_of``)."""
+    return sorted(result.sequences, key=mean_logprob, reverse=True) if len(result.sequences) > 1 else result.sequences
+
+
 def generate_response(
     engine: Engine,
     result: GenerationResult,
+    ranked: list[SequenceResult],
     p: GenerateParameters,
     *,
     seed: int | None,
     prefix: str,
 ) -> dict[str, Any]:
-    """A LoRAX ``GenerateResponse``. ``prefix`` is prepended to texts (``return_full_text``).
-    ``details`` is present when ``details`` or ``decoder_input_details`` was asked for."""
-    ranked = sorted(result.sequences, key=mean_logprob, reverse=True) if len(result.sequences) > 1 else result.sequences
+    """A LoRAX ``GenerateResponse`` for sequences ``ranked`` best first. ``prefix`` is prepended to
+    texts (``return_full_text``). ``details`` is present when ``details`` or
+    ``decoder_input_details`` was asked for."""
     best = ranked[0]
     body: dict[str, Any] = {"generated_text": prefix + best.text}
     if not (p.details or p.decoder_input_details):

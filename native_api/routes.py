@@ -18,9 +18,9 @@ from app.errors import LoragateError
 from app.pipeline import GenerationStream, Pipeline, collect
 from app.server import health_response
 from app.sse import SSEResponse, until_disconnect
-from app.types import AdapterMerge, GenerationRequest
-from native_api.errors import EXCEPTION_HANDLERS, stream_error_event
-from native_api.mapping import generate_response, sampling_options
+from app.types import AdapterMerge, FinishReason, GenerationRequest
+from native_api.errors import EXCEPTION_HANDLERS, IncompleteGenerationError, stream_error_event
+from native_api.mapping import adapter_label, generate_response, rank_sequences, sampling_options
 from native_api.schema import GenerateRequest, TokenizeRequest
 from native_api.stream import NativeStreamEncoder, native_events
 from native_api.timing import response_headers, stream_headers
@@ -84,11 +84,15 @@ async def _generate(data: GenerateRequest, request: Request, pipeline: Pipeline)
     stream = await until_disconnect(request, pipeline.start(prepared.gen, prompt_param="inputs"))
     result = await until_disconnect(request, collect(stream))
     p = data.params
+    ranked = rank_sequences(result)
+    if ranked[0].finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
+        raise IncompleteGenerationError()
     body = generate_response(
-        pipeline.engine, result, p, seed=prepared.seed, prefix=data.inputs if p.return_full_text else ""
+        pipeline.engine, result, ranked, p, seed=prepared.seed, prefix=data.inputs if p.return_full_text else ""
     )
     headers = response_headers(
-        pipeline.engine.info, stream, result, prepared.started, len(data.inputs), prepared.adapter_source
+        pipeline.engine.info, stream, result, generated=len(ranked[0].token_ids), started=prepared.started,
+        characters=len(data.inputs), adapter_label=adapter_label(p), adapter_source=prepared.adapter_source,
     )
     return body, headers
 
@@ -96,7 +100,7 @@ async def _generate(data: GenerateRequest, request: Request, pipeline: Pipeline)
 async def _generate_stream(data: GenerateRequest, request: Request, pipeline: Pipeline) -> SSEResponse:
     """Every error, validation included, is an SSE event on a 200 response, as LoRAX sends it."""
     adapter_source = data.params.adapter_source or pipeline.registry.default_source
-    headers = stream_headers(pipeline.engine.info, len(data.inputs), data.params.adapter_id or None, adapter_source)
+    headers = stream_headers(pipeline.engine.info, len(data.inputs), adapter_label(data.params), adapter_source)
     try:
         prepared = await until_disconnect(request, _prepare(data, request, pipeline, stream=True))
         stream: GenerationStream = await until_disconnect(request, pipeline.start(prepared.gen, prompt_param="inputs"))

@@ -31,20 +31,24 @@ def response_headers(
     info: ModelInfo,
     stream: GenerationStream,
     result: GenerationResult,
+    *,
+    generated: int,
     started: float,
     characters: int,
+    adapter_label: str | None,
     adapter_source: str,
 ) -> dict[str, str]:
-    """Headers of a finished non-streaming request. ``started`` is the handler's
-    ``time.perf_counter()`` at receipt; the validation time runs from there to the moment the
-    request was handed to the engine, the queue time is the engine's own measure."""
+    """Headers of a finished non-streaming request. ``generated`` counts the tokens of the returned
+    sequence (LoRAX counts only the best of ``best_of``); ``started`` is the handler's
+    ``time.perf_counter()`` at receipt: the validation time runs from there to the moment the
+    request was handed to the engine; the queue time is the engine's own measure.
+    ``adapter_label`` is the adapter id, or the comma-joined ids of a merge (``None``: base model)."""
     now = time.perf_counter()
     t = stream.timings
     submitted = t.submitted or started
     queue = t.queue_time or 0.0
     scheduled = submitted + queue
     inference = max(0.0, now - scheduled)
-    generated = sum(len(s.token_ids) for s in result.sequences)
     ttft = (t.first_token - scheduled) if t.first_token is not None else inference
     headers = {
         "x-compute-type": _compute_type(info),
@@ -63,7 +67,7 @@ def response_headers(
         "x-total-tokens": str(result.usage.prompt_tokens + generated),
         "x-model-id": info.name,
     }
-    headers.update(_adapter_headers(stream.request.adapter, adapter_source))
+    headers.update(_adapter_headers(adapter_label, adapter_source))
     return headers
 
 

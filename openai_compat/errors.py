@@ -20,6 +20,7 @@ from app.errors import (
     LoragateError,
     ModelNotFoundError,
     OverloadedError,
+    as_loragate_error,
 )
 
 # kind -> (status, type, code)
@@ -96,7 +97,13 @@ def handle_http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]
     return _json(status, error_body(str(exc.detail), type_, None, None))
 
 
+def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    """Anything else: a 500 in OpenAI's shape (logged with its traceback), never Litestar's body."""
+    return handle_loragate_error(request, as_loragate_error(exc))
+
+
 EXCEPTION_HANDLERS = {
+    Exception: handle_unexpected,
     LoragateError: handle_loragate_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_error,

@@ -66,14 +66,18 @@ def merge_key(fingerprints: list[str], spec: MergeSpec) -> str:
 
 
 def _load_tensors(directory: str) -> dict:
+    """The adapter's tensors. Raises :class:`AdapterLoadError` when they cannot be read."""
     from safetensors.torch import load_file
 
-    st = Path(directory) / "adapter_model.safetensors"
-    if st.is_file():
-        return load_file(str(st))
-    import torch
+    try:
+        st = Path(directory) / "adapter_model.safetensors"
+        if st.is_file():
+            return load_file(str(st))
+        import torch
 
-    return torch.load(Path(directory) / "adapter_model.bin", map_location="cpu", weights_only=True)
+        return torch.load(Path(directory) / "adapter_model.bin", map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AdapterLoadError(f"The weights of adapter `{Path(directory).name}` cannot be read.") from exc
 
 
 def build_merged_adapter(components: list[tuple[str, LoRAConfig]], spec: MergeSpec, out_dir: str | os.PathLike) -> str:
