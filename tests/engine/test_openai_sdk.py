@@ -170,7 +170,7 @@ def test_completions_prompt_list_and_legacy_logprobs(client):
 
 def test_models_lists_base_and_adapters(client, live_server):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"loragate-demo", "demo-lora-a", "demo-lora-b"}
+    assert {"loragate-demo", "demo-lora-a", "demo-lora-b"} <= set(models)  # plus any loaded on demand
     for name, path in live_server.adapters.items():
         card = models[name].model_dump()
         assert card["parent"] == "loragate-demo"
