@@ -26,6 +26,7 @@ from app.errors import EngineDeadError
 from app.metrics import metrics, track_engine
 from app.pipeline import Pipeline
 from app.sse import ClientDisconnected
+from app.tracking import MetricsMiddleware
 
 logger = logging.getLogger("loragate")
 
@@ -138,6 +139,7 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_en
         lifespan=[_lifespan(config, engine_factory)],
         dependencies={"pipeline": Provide(_pipeline, sync_to_thread=False)},
         exception_handlers={ClientDisconnected: _client_disconnected, HTTPException: http_error},
+        middleware=[MetricsMiddleware],
         openapi_config=OpenAPIConfig(title="loragate", version="0.1.0", path="/docs"),
         debug=False,
     )

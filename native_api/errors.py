@@ -26,6 +26,7 @@ from app.errors import (
     OverloadedError,
     as_loragate_error,
 )
+from app.tracking import record_error
 from native_api.validation import LoraxValidationError
 
 
@@ -60,12 +61,14 @@ def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def handle_error(_: Request, exc: LoragateError | LoraxValidationError) -> Response[dict[str, Any]]:
+def handle_error(request: Request, exc: LoragateError | LoraxValidationError) -> Response[dict[str, Any]]:
+    record_error(request, exc.kind if isinstance(exc, LoragateError) else "validation")
     return _json(*status_and_payload(exc))
 
 
-def handle_body_validation(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:
+def handle_body_validation(request: Request, exc: ValidationException) -> Response[dict[str, Any]]:
     """Body that is not JSON (400) or has the wrong types (422), in LoRAX's words."""
+    record_error(request, "validation")
     detail = str(exc.detail or "")
     if "JSON is malformed" in detail or "decode" in detail.lower():
         return _json(400, error_payload(f"Failed to parse the request body as JSON: {detail}", "bad_request"))
@@ -78,7 +81,8 @@ def handle_body_validation(_: Request, exc: ValidationException) -> Response[dic
     )
 
 
-def handle_http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+def handle_http_error(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+    record_error(request, f"http_{exc.status_code}")
     detail = str(exc.detail)
     if exc.status_code == 400:  # a body that could not be decoded
         detail = f"Failed to parse the request body as JSON: {detail}"
@@ -86,7 +90,8 @@ def handle_http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]
     return _json(exc.status_code, error_payload(detail, error_type))
 
 
-def handle_incomplete(_: Request, __: IncompleteGenerationError) -> Response[dict[str, Any]]:
+def handle_incomplete(request: Request, _: IncompleteGenerationError) -> Response[dict[str, Any]]:
+    record_error(request, "incomplete_generation")
     return _json(500, error_payload("Incomplete generation", "incomplete_generation"))
 
 

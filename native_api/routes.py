@@ -18,6 +18,7 @@ from app.errors import LoragateError
 from app.pipeline import GenerationStream, Pipeline, collect
 from app.server import health_response
 from app.sse import SSEResponse, until_disconnect
+from app.tracking import track
 from app.types import AdapterMerge, FinishReason, GenerationRequest
 from native_api.errors import EXCEPTION_HANDLERS, IncompleteGenerationError, stream_error_event
 from native_api.mapping import adapter_label, generate_response, rank_sequences, sampling_options
@@ -80,6 +81,7 @@ def _bearer(request: Request) -> str | None:
 
 
 async def _generate(data: GenerateRequest, request: Request, pipeline: Pipeline) -> tuple[dict[str, Any], dict[str, str]]:
+    tracker = track(request, request.url.path, adapter_label(data.params), streaming=False)
     prepared = await until_disconnect(request, _prepare(data, request, pipeline, stream=False))
     stream = await until_disconnect(request, pipeline.start(prepared.gen, prompt_param="inputs"))
     result = await until_disconnect(request, collect(stream))
@@ -87,6 +89,8 @@ async def _generate(data: GenerateRequest, request: Request, pipeline: Pipeline)
     ranked = rank_sequences(result)
     if ranked[0].finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
         raise IncompleteGenerationError()
+    tracker.finish(ranked[0].finish_reason.value, prompt_tokens=result.usage.prompt_tokens,
+                   generated_tokens=result.usage.completion_tokens, queue_time=result.queue_time)
     body = generate_response(
         pipeline.engine, result, ranked, p, seed=prepared.seed, prefix=data.inputs if p.return_full_text else ""
     )
@@ -99,12 +103,14 @@ async def _generate(data: GenerateRequest, request: Request, pipeline: Pipeline)
 
 async def _generate_stream(data: GenerateRequest, request: Request, pipeline: Pipeline) -> SSEResponse:
     """Every error, validation included, is an SSE event on a 200 response, as LoRAX sends it."""
+    tracker = track(request, request.url.path, adapter_label(data.params), streaming=True)
     adapter_source = data.params.adapter_source or pipeline.registry.default_source
     headers = stream_headers(pipeline.engine.info, len(data.inputs), adapter_label(data.params), adapter_source)
     try:
         prepared = await until_disconnect(request, _prepare(data, request, pipeline, stream=True))
         stream: GenerationStream = await until_disconnect(request, pipeline.start(prepared.gen, prompt_param="inputs"))
     except (LoragateError, LoraxValidationError) as exc:
+        tracker.error(exc.kind if isinstance(exc, LoragateError) else "validation")
         return SSEResponse(_one_event(stream_error_event(exc)), headers=headers)
     p = data.params
     events = native_events(
@@ -113,6 +119,7 @@ async def _generate_stream(data: GenerateRequest, request: Request, pipeline: Pi
         prefix=data.inputs if p.return_full_text else "",
         details=p.details,
         seed=prepared.seed,
+        tracker=tracker,
     )
     return SSEResponse(events, headers=headers)
 

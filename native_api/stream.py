@@ -16,6 +16,7 @@ import msgspec
 from app.engine.base import Engine
 from app.errors import as_loragate_error
 from app.pipeline import GenerationStream
+from app.tracking import RequestTracker
 from app.types import TokenLogprob
 from native_api.errors import error_payload, stream_error_event
 from native_api.mapping import FINISH_REASONS
@@ -65,6 +66,7 @@ async def native_events(
     prefix: str,
     details: bool,
     seed: int | None,
+    tracker: RequestTracker,
 ) -> AsyncGenerator[bytes, None]:
     """The LoRAX token stream of one request (``n`` is 1 on streams)."""
     texts = [prefix]
@@ -79,6 +81,7 @@ async def native_events(
                     generated += 1
                     lp = d.logprobs[i] if d.logprobs is not None and i < len(d.logprobs) else None
                     token = enc.token(token_id, lp)
+                    tracker.tokens(1)
                     if i == last and d.finish_reason is not None:
                         finished = True
                         body = None
@@ -90,11 +93,17 @@ async def native_events(
                                 "seed": seed,
                             }
                         yield enc.final(token, "".join(texts), body)
+                        tracker.finish(d.finish_reason.value, prompt_tokens=stream.num_prompt_tokens,
+                                       generated_tokens=generated, queue_time=stream.timings.queue_time)
                     else:
                         yield enc.intermediate(token)
         if not finished:
+            tracker.error("incomplete_generation")
             yield b"data:" + _encode(error_payload("Incomplete generation", "incomplete_generation")) + b"\n\n"
     except Exception as exc:  # the response has started: report in-band, never cut the stream silently
-        yield stream_error_event(as_loragate_error(exc))
+        error = as_loragate_error(exc)
+        tracker.error(error.kind)
+        yield stream_error_event(error)
     finally:
+        tracker.disconnected()
         await stream.aclose()

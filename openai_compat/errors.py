@@ -22,6 +22,7 @@ from app.errors import (
     OverloadedError,
     as_loragate_error,
 )
+from app.tracking import record_error
 
 # kind -> (status, type, code)
 _STATUS: dict[type[LoragateError], tuple[int, str, str | None]] = {
@@ -59,7 +60,8 @@ def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def handle_loragate_error(_: Request, exc: LoragateError) -> Response[dict[str, Any]]:
+def handle_loragate_error(request: Request, exc: LoragateError) -> Response[dict[str, Any]]:
+    record_error(request, exc.kind)
     return _json(*status_and_body(exc))
 
 
@@ -74,8 +76,9 @@ def _param(key: str | None) -> str | None:
     return out
 
 
-def handle_validation_error(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:
+def handle_validation_error(request: Request, exc: ValidationException) -> Response[dict[str, Any]]:
     """Schema violations: 400 naming the first offending parameter."""
+    record_error(request, "invalid_request")
     details = exc.extra if isinstance(exc.extra, list) else []
     if details and isinstance(details[0], dict):
         first = details[0]
@@ -90,9 +93,10 @@ def handle_validation_error(_: Request, exc: ValidationException) -> Response[di
     return _json(400, error_body(message, "invalid_request_error", param, None))
 
 
-def handle_http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+def handle_http_error(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
     """Framework errors (unknown route, wrong method, bad JSON, body too large) in OpenAI's shape."""
     status = exc.status_code
+    record_error(request, f"http_{status}")
     type_ = "invalid_request_error" if status < 500 else "server_error"
     return _json(status, error_body(str(exc.detail), type_, None, None))
 

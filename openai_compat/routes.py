@@ -11,6 +11,7 @@ from litestar import Request, Response, Router, get, post
 
 from app.pipeline import Pipeline, collect
 from app.sse import SSEResponse, until_disconnect
+from app.tracking import track
 from app.types import GenerationRequest
 from openai_compat.errors import EXCEPTION_HANDLERS
 from openai_compat.mapping import (
@@ -37,6 +38,7 @@ def _ids(prefix: str, request: Request) -> tuple[str, str]:
 @post("/chat/completions", status_code=200, tags=["openai"], summary="Create a chat completion")
 async def create_chat_completion(data: ChatCompletionRequest, request: Request, pipeline: Pipeline) -> Response[Any]:
     """OpenAI chat completions, streaming (SSE ending in ``data: [DONE]``) or not."""
+    tracker = track(request, "/v1/chat/completions", data.model, streaming=data.stream)
     messages = chat_messages(data)
     sampling = chat_sampling(data)
     response_id, request_id = _ids("chatcmpl", request)
@@ -57,15 +59,19 @@ async def create_chat_completion(data: ChatCompletionRequest, request: Request, 
             encoder,
             include_usage=bool(opts and opts.include_usage),
             continuous_usage=bool(opts and opts.continuous_usage_stats),
+            tracker=tracker,
         )
         return SSEResponse(events)
     result = await until_disconnect(request, collect(stream))
+    tracker.finish(result.sequences[0].finish_reason.value, prompt_tokens=result.usage.prompt_tokens,
+                   generated_tokens=result.usage.completion_tokens, queue_time=result.queue_time)
     return Response(chat_response(pipeline.engine, result, response_id=response_id, created=created, model=data.model))
 
 
 @post("/completions", status_code=200, tags=["openai"], summary="Create a completion")
 async def create_completion(data: CompletionRequest, request: Request, pipeline: Pipeline) -> Response[Any]:
     """OpenAI legacy completions: one prompt or a list (strings or token ids), streaming or not."""
+    tracker = track(request, "/v1/completions", data.model, streaming=data.stream)
     sampling = completion_sampling(data)
     response_id, request_id = _ids("cmpl", request)
     created = int(time.time())
@@ -98,6 +104,7 @@ async def create_completion(data: CompletionRequest, request: Request, pipeline:
             echo_texts=echo_texts,
             include_usage=bool(opts and opts.include_usage),
             continuous_usage=bool(opts and opts.continuous_usage_stats),
+            tracker=tracker,
         )
         return SSEResponse(events)
 
@@ -109,6 +116,13 @@ async def create_completion(data: CompletionRequest, request: Request, pipeline:
                 await s.aclose()
 
     results = await until_disconnect(request, collect_all())
+    queue = [r.queue_time for r in results if r.queue_time is not None]
+    tracker.finish(
+        results[0].sequences[0].finish_reason.value,
+        prompt_tokens=sum(r.usage.prompt_tokens for r in results),
+        generated_tokens=sum(r.usage.completion_tokens for r in results),
+        queue_time=max(queue) if queue else None,
+    )
     body = completion_response(
         engine, results, echo_texts=echo_texts, response_id=response_id, created=created, model=data.model
     )

@@ -14,7 +14,8 @@ import msgspec
 from app.engine.base import Engine
 from app.errors import as_loragate_error
 from app.pipeline import GenerationStream, merge
-from app.types import CompletionDelta, TokenLogprob
+from app.tracking import RequestTracker
+from app.types import CompletionDelta, FinishReason, TokenLogprob
 from openai_compat.errors import stream_error_event
 from openai_compat.mapping import FINISH_REASONS, chat_logprobs, completion_logprobs, usage_body
 
@@ -86,13 +87,19 @@ def _usage_field(prompt_tokens: int, completion_tokens: int) -> bytes:
 
 
 async def chat_events(
-    stream: GenerationStream, enc: ChatStreamEncoder, *, include_usage: bool, continuous_usage: bool
+    stream: GenerationStream,
+    enc: ChatStreamEncoder,
+    *,
+    include_usage: bool,
+    continuous_usage: bool,
+    tracker: RequestTracker,
 ) -> AsyncGenerator[bytes, None]:
     """The chat SSE stream: one role chunk per choice, content deltas (choices interleaved by
     ``index``, the last delta of each carrying its ``finish_reason``), the usage chunk when asked,
     then ``[DONE]``. An error after the start is sent as an error event followed by ``[DONE]``."""
     prompt_tokens = stream.num_prompt_tokens
-    generated = 0
+    generated = unsent = 0
+    finish = None
     continuous = include_usage and continuous_usage
     try:
         for i in range(stream.request.sampling.n):
@@ -100,17 +107,31 @@ async def chat_events(
         async for out in stream:
             for d in out.deltas:
                 generated += len(d.token_ids)
+                unsent += len(d.token_ids)
+                finish = finish or d.finish_reason
                 if not d.text and d.finish_reason is None and not d.logprobs:
                     continue  # nothing a client can see yet (text held back for stop strings)
+                if unsent:
+                    tracker.tokens(unsent)
+                    unsent = 0
                 yield enc.delta(d, _usage_field(prompt_tokens, generated) if continuous else b"")
         if include_usage:
             yield enc.usage(prompt_tokens, generated)
         yield DONE
+        tracker.finish(_reason(finish), prompt_tokens=prompt_tokens, generated_tokens=generated,
+                       queue_time=stream.timings.queue_time)
     except Exception as exc:  # the response has started: report in-band, never cut the stream silently
-        yield stream_error_event(as_loragate_error(exc))
+        error = as_loragate_error(exc)
+        tracker.error(error.kind)
+        yield stream_error_event(error)
         yield DONE
     finally:
+        tracker.disconnected()
         await stream.aclose()
+
+
+def _reason(finish: FinishReason | None) -> str:
+    return finish.value if finish is not None else "abort"
 
 
 async def completion_events(
@@ -120,6 +141,7 @@ async def completion_events(
     echo_texts: list[str] | None,
     include_usage: bool,
     continuous_usage: bool,
+    tracker: RequestTracker,
 ) -> AsyncGenerator[bytes, None]:
     """The legacy completion SSE stream over one stream per prompt, interleaved as tokens arrive
     (choice ``index`` = prompt position * n + sequence index), then usage and ``[DONE]``."""
@@ -130,12 +152,16 @@ async def completion_events(
     started = [False] * (n * len(streams))
     prompt_lps: dict[int, list[TokenLogprob]] = {}
     continuous = include_usage and continuous_usage
+    unsent = 0
+    finish = None
     try:
         async for pos, out in merge(streams):
             if out.prompt_logprobs is not None:
                 prompt_lps[pos] = out.prompt_logprobs
             for d in out.deltas:
                 generated += len(d.token_ids)
+                unsent += len(d.token_ids)
+                finish = finish or d.finish_reason
                 index = pos * n + d.index
                 text, logprobs = d.text, d.logprobs
                 if not started[index]:
@@ -146,6 +172,9 @@ async def completion_events(
                             logprobs = prompt_lps[pos] + logprobs
                 if not text and d.finish_reason is None and not logprobs:
                     continue
+                if unsent:
+                    tracker.tokens(unsent)
+                    unsent = 0
                 yield enc.delta(
                     index, text, logprobs, offsets[index], d.finish_reason,
                     _usage_field(prompt_tokens, generated) if continuous else b"",
@@ -154,9 +183,15 @@ async def completion_events(
         if include_usage:
             yield enc.usage(prompt_tokens, generated)
         yield DONE
+        queue = [s.timings.queue_time for s in streams if s.timings.queue_time is not None]
+        tracker.finish(_reason(finish), prompt_tokens=prompt_tokens, generated_tokens=generated,
+                       queue_time=max(queue) if queue else None)
     except Exception as exc:  # the response has started: report in-band, never cut the stream silently
-        yield stream_error_event(as_loragate_error(exc))
+        error = as_loragate_error(exc)
+        tracker.error(error.kind)
+        yield stream_error_event(error)
         yield DONE
     finally:
+        tracker.disconnected()
         for s in streams:
             await s.aclose()
