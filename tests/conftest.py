@@ -82,7 +82,7 @@ def adapter_world(demo_model, tmp_path_factory: pytest.TempPathFactory):
     a, b = (Path(p) for p in demo_model.adapters.values())
     root = base / "root"
     root.mkdir()
-    for i in range(4):  # distinct copies: each is a different adapter to the registry
+    for i in range(6):  # distinct copies: each is a different adapter to the registry
         _copy_adapter(a if i % 2 == 0 else b, root / f"local-{i}")
     _edit_config(_copy_adapter(a, root / "rank64"), r=64)
     _copy_adapter(a, root / "corrupt")

@@ -104,6 +104,7 @@ class AdapterRegistry:
         source = source or None
         if source is None and revision is None and model in self._entries:
             entry = self._entries[model]
+            ADAPTER_CACHE.labels("hit").inc()
         else:
             src = source or self.default_source
             name = self._name(src, model, revision)
@@ -176,7 +177,7 @@ class AdapterRegistry:
         except FileNotFoundError as exc:
             raise ModelNotFoundError(name, param="lora_path") from exc
         return await self._single_flight(
-            ("named", name), lambda: self._register(name, source, abs_path, fetched, pinned=True)
+            ("named", name), lambda: self._counted(source, self._register(name, source, abs_path, fetched, pinned=True))
         )
 
     async def load_named(self, name: str, lora_path: str, *, api_token: str | None = None) -> AdapterSpec:
@@ -228,20 +229,28 @@ class AdapterRegistry:
             task.add_done_callback(done)
         return await asyncio.shield(task)
 
-    async def _fetch_and_register(
-        self, name: str, source: str, adapter_id: str, revision: str | None, api_token: str | None,
-        *, pinned: bool = False,
-    ) -> AdapterSpec:
+    @staticmethod
+    async def _counted(source: str, load: Awaitable[AdapterSpec]) -> AdapterSpec:
+        """Await a load, counting it by source and outcome and timing it."""
         started = time.perf_counter()
         try:
-            fetched = await self.sources.fetch(source, adapter_id, revision=revision, api_token=api_token)
-            spec = await self._register(name, source, adapter_id, fetched, pinned=pinned)
+            spec = await load
         except LoragateError as exc:
             ADAPTER_LOADS.labels(source, exc.kind).inc()
             raise
         ADAPTER_LOADS.labels(source, "ok").inc()
         ADAPTER_LOAD_SECONDS.labels(source).observe(time.perf_counter() - started)
         return spec
+
+    async def _fetch_and_register(
+        self, name: str, source: str, adapter_id: str, revision: str | None, api_token: str | None,
+        *, pinned: bool = False,
+    ) -> AdapterSpec:
+        async def load() -> AdapterSpec:
+            fetched = await self.sources.fetch(source, adapter_id, revision=revision, api_token=api_token)
+            return await self._register(name, source, adapter_id, fetched, pinned=pinned)
+
+        return await self._counted(source, load())
 
     async def _register(
         self, name: str, source: str, adapter_id: str, fetched: FetchedAdapter, *, pinned: bool
