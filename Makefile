@@ -11,6 +11,7 @@ PY := $(VENV)/bin/python
 VLLM_FLAVOR ?= cpu
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 STAMP := $(VENV)/.installed-$(VLLM_FLAVOR)
 
 # No telemetry, no hub downloads at run time (the demo model is built offline).
@@ -44,6 +45,13 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The side-by-side serving benchmark (vLLM's own server vs loragate, ~15 min) and the server-overhead
+# benchmark on the synthetic engine; tables and plots land in bench/results/.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[$(VLLM_FLAVOR),bench]"
+	HF_HUB_OFFLINE=1 $(PY) bench/serving.py $(BENCH_ARGS)
+	$(PY) bench/overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

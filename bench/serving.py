@@ -1,0 +1,251 @@
+"""Side-by-side serving benchmark: vLLM's own OpenAI server vs loragate on the same tiny model with
+identical engine arguments, driven by vLLM's own load generator, plus the engine-only ceiling.
+
+    python bench/serving.py [--rounds 3] [--concurrency 1 8 32 128] [--quick]
+
+Each round starts vLLM's server (``python -m vllm.entrypoints.openai.api_server``) and loragate one
+at a time, alternating which goes first, and runs ``vllm bench serve`` (``openai-chat`` backend:
+random 64-token prompts, 128 output tokens with ``ignore_eos``) at each concurrency, on the base
+model and with 4 adapters in the mix; loragate's LoRAX dialect is driven too (``lorax-native``,
+bench/load_client.py). Reported: medians over rounds, and ratios loragate / vLLM measured in the
+same session (the machine is shared and noisy: only ratios travel). Writes
+``bench/results/serving.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "median_e2el_ms")
+ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def num_prompts(concurrency: int, quick: bool) -> int:
+    n = {1: 16, 8: 64, 32: 200, 128: 256}.get(concurrency, max(16, concurrency * 2))
+    return max(8, n // 4) if quick else n
+
+
+class Server:
+    """One server process (its own process group), killed on exit."""
+
+    def __init__(self, kind: str, model_dir: str, adapters: dict[str, str], log_dir: Path) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        common = [
+            "--model", model_dir, "--served-model-name", "loragate-demo", "--host", "127.0.0.1",
+            "--port", str(self.port), "--max-model-len", "1024", "--kv-cache-memory-bytes", str(2 * 1024**3),
+            "--enforce-eager", "--max-loras", "4", "--max-lora-rank", "8",
+            "--lora-modules", *(f"{n}={p}" for n, p in adapters.items()),
+        ]
+        if kind == "vllm":
+            cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *common, "--enable-lora",
+                   "--disable-uvicorn-access-log"]
+        else:
+            cmd = [sys.executable, "-m", "app.cli", "serve", *common]
+        self.log = open(log_dir / f"{kind}-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **ENV}, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited during start-up; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"{self.kind} did not start in {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def bench_once(server: Server, model_dir: str, backend: str, concurrency: int, n: int,
+               adapters: list[str], out_dir: Path) -> dict:
+    """One ``vllm bench serve`` run; returns its result JSON."""
+    name = f"{server.kind}-{backend}-{'lora' if adapters else 'base'}-c{concurrency}-{time.time_ns()}.json"
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "load_client.py"),
+        "--backend", backend, "--base-url", server.url, "--endpoint", "/v1/chat/completions",
+        "--model", "loragate-demo", "--tokenizer", model_dir,
+        "--dataset-name", "random", "--random-input-len", "64", "--random-output-len", "128", "--ignore-eos",
+        "--num-prompts", str(n), "--max-concurrency", str(concurrency), "--num-warmups", "2",
+        "--percentile-metrics", "ttft,itl,e2el", "--metric-percentiles", "50,99",
+        "--save-result", "--result-dir", str(out_dir), "--result-filename", name, "--disable-tqdm", "--seed", "0",
+    ]
+    if adapters:
+        cmd += ["--lora-modules", *adapters]
+    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, **ENV},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = json.loads((out_dir / name).read_text())
+    if result.get("completed", 0) < n:
+        raise RuntimeError(f"{name}: only {result.get('completed')} of {n} requests completed")
+    return {k: result[k] for k in METRICS}
+
+
+def median_runs(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in METRICS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--quick", action="store_true", help="1 round, fewer prompts: a smoke run")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+
+    sys.path.insert(0, str(ROOT))
+    from app.demo_model import ensure_demo_model
+
+    demo = ensure_demo_model()
+    model_dir = str(demo.model_dir)
+    base_adapters = {n: str(p) for n, p in demo.adapters.items()}
+    adapters = {f"lora-{i}": base_adapters[list(base_adapters)[i % 2]] for i in range(4)}  # 4 adapters in the mix
+    work = Path(tempfile.mkdtemp(prefix="loragate-bench-"))
+    runs: dict[tuple, list[dict]] = {}
+    cases = [("openai-chat", False), ("openai-chat", True)]
+    for r in range(rounds):
+        order = ["vllm", "loragate"] if r % 2 == 0 else ["loragate", "vllm"]
+        for kind in order:
+            server = Server(kind, model_dir, adapters, work)
+            try:
+                server.wait_ready()
+                kind_cases = cases + ([("lorax-native", False), ("lorax-native", True)] if kind == "loragate" else [])
+                for backend, with_lora in kind_cases:
+                    for c in args.concurrency:
+                        n = num_prompts(c, args.quick)
+                        res = bench_once(server, model_dir, backend, c, n, list(adapters) if with_lora else [], work)
+                        runs.setdefault((kind, backend, with_lora, c), []).append(res)
+                        print(f"round {r + 1} {kind:8s} {backend:13s} {'lora' if with_lora else 'base'} c={c:<4d} "
+                              f"{res['output_throughput']:8.0f} tok/s  ITL p99 {res['p99_itl_ms']:6.1f} ms  "
+                              f"TTFT p50 {res['median_ttft_ms']:7.1f} ms", flush=True)
+            finally:
+                server.stop()
+    ceiling_out = work / "ceiling.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "engine_ceiling.py"), model_dir,
+                    "--concurrency", *map(str, args.concurrency), "--out", str(ceiling_out)],
+                   cwd=ROOT, check=True, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ceiling = {row["concurrency"]: row for row in json.loads(ceiling_out.read_text())}
+    medians = {key: median_runs(v) for key, v in runs.items()}
+    write_results(medians, ceiling, args.concurrency, rounds, args.quick)
+
+
+def write_results(medians: dict, ceiling: dict, concurrencies: list[int], rounds: int, quick: bool) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for (kind, backend, lora, c), m in sorted(medians.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
+        rows.append({"server": kind, "dialect": backend, "adapters": 4 if lora else 0, "concurrency": c, **m})
+    (RESULTS / "serving.json").write_text(json.dumps({"rows": rows, "engine_ceiling": list(ceiling.values()),
+                                                      "rounds": rounds, "quick": quick}, indent=2))
+    lines = [
+        "# Serving benchmark: loragate vs vLLM's own OpenAI server",
+        "",
+        f"{dt.date.today()} · {platform.machine()}, {os.cpu_count()} cores · tiny 2-layer Llama (demo model) on "
+        f"vllm-cpu 0.32 · random 64-token prompts, 128 output tokens, `ignore_eos` · load generator: `vllm bench "
+        f"serve` · medians of {rounds} alternating round(s) in one session{' (quick run)' if quick else ''}. "
+        "Absolute numbers vary with the machine's load; compare the ratios.",
+        "",
+        "| dialect | adapters | conc. | vLLM tok/s | loragate tok/s | **ratio** | ITL p99 vLLM / loragate (ms) | **ratio** "
+        "| TTFT p50 vLLM / loragate (ms) | **ratio** | e2e p50 ratio | loragate / engine ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lora in (False, True):
+        for c in concurrencies:
+            v = medians.get(("vllm", "openai-chat", lora, c))
+            for backend in ("openai-chat", "lorax-native"):
+                g = medians.get(("loragate", backend, lora, c))
+                if not v or not g:
+                    continue
+                ceil = ceiling.get(c, {}).get("output_throughput") if not lora else None
+                of_ceiling = f"{g['output_throughput'] / ceil:.0%}" if ceil else "—"
+                lines.append(
+                    f"| {'OpenAI chat' if backend == 'openai-chat' else 'LoRAX native'} | {4 if lora else 0} | {c} "
+                    f"| {v['output_throughput']:.0f} | {g['output_throughput']:.0f} "
+                    f"| **{g['output_throughput'] / v['output_throughput']:.2f}x** "
+                    f"| {v['p99_itl_ms']:.1f} / {g['p99_itl_ms']:.1f} | **{g['p99_itl_ms'] / v['p99_itl_ms']:.2f}x** "
+                    f"| {v['median_ttft_ms']:.1f} / {g['median_ttft_ms']:.1f} "
+                    f"| **{g['median_ttft_ms'] / v['median_ttft_ms']:.2f}x** "
+                    f"| {g['median_e2el_ms'] / v['median_e2el_ms']:.2f}x "
+                    f"| {of_ceiling} |"
+                )
+    lines += ["", "Engine-only ceiling (same workload in-process on `AsyncLLMEngine`, no HTTP):", "",
+              "| conc. | tok/s | ITL p99 (ms) | TTFT p50 (ms) |", "|---|---|---|---|"]
+    for c in concurrencies:
+        if c in ceiling:
+            e = ceiling[c]
+            lines.append(f"| {c} | {e['output_throughput']:.0f} | {e['p99_itl_ms']:.1f} | {e['median_ttft_ms']:.1f} |")
+    lora_lines = []
+    for c in concurrencies:
+        base = medians.get(("loragate", "openai-chat", False, c))
+        lora = medians.get(("loragate", "openai-chat", True, c))
+        if base and lora:
+            lora_lines.append(f"| {c} | {lora['output_throughput'] / base['output_throughput']:.2f}x |")
+    if lora_lines:
+        lines += ["", "loragate with 4 adapters in the mix vs the base model only (throughput):", "",
+                  "| conc. | ratio |", "|---|---|", *lora_lines]
+    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
+    plot(medians, ceiling, concurrencies)
+    print("\n".join(lines))
+
+
+def plot(medians: dict, ceiling: dict, concurrencies: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (kind, backend, lora), style in {("vllm", "openai-chat", False): "o--", ("loragate", "openai-chat", False): "o-",
+                                         ("loragate", "lorax-native", False): "s-",
+                                         ("loragate", "openai-chat", True): "^-"}.items():
+        xs = [c for c in concurrencies if (kind, backend, lora, c) in medians]
+        label = f"{kind} {backend}{' +4 adapters' if lora else ''}"
+        axes[0].plot(xs, [medians[(kind, backend, lora, c)]["output_throughput"] for c in xs], style, label=label)
+        axes[1].plot(xs, [medians[(kind, backend, lora, c)]["p99_itl_ms"] for c in xs], style, label=label)
+    xs = [c for c in concurrencies if c in ceiling]
+    axes[0].plot(xs, [ceiling[c]["output_throughput"] for c in xs], "k:", label="engine only (ceiling)")
+    axes[0].set(xscale="log", xlabel="concurrent streams", ylabel="output tokens/s", title="Throughput")
+    axes[1].set(xscale="log", xlabel="concurrent streams", ylabel="ms", title="ITL p99")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "serving.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
