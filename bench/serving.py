@@ -29,10 +29,12 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "median_e2el_ms")
+METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "median_e2el_ms",
+           "api_cpu_ms_per_1k_tokens")
 ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
@@ -108,12 +110,18 @@ def bench_once(server: Server, model_dir: str, backend: str, concurrency: int, n
     ]
     if adapters:
         cmd += ["--lora-modules", *adapters]
+    api = psutil.Process(server.proc.pid)  # the API server process itself (not its engine children)
+    cpu_before = sum(api.cpu_times()[:2])
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, **ENV},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpu = sum(api.cpu_times()[:2]) - cpu_before
     result = json.loads((out_dir / name).read_text())
     if result.get("completed", 0) < n:
         raise RuntimeError(f"{name}: only {result.get('completed')} of {n} requests completed")
-    return {k: result[k] for k in METRICS}
+    # CPU seconds the API process spent per 1,000 generated tokens (warm-up requests included)
+    tokens = result["total_output_tokens"] * (n + 2) / n
+    return {**{k: result[k] for k in METRICS if k != "api_cpu_ms_per_1k_tokens"},
+            "api_cpu_ms_per_1k_tokens": cpu * 1000 / tokens * 1000}
 
 
 def median_runs(runs: list[dict]) -> dict:
@@ -180,8 +188,9 @@ def write_results(medians: dict, ceiling: dict, concurrencies: list[int], rounds
         "Absolute numbers vary with the machine's load; compare the ratios.",
         "",
         "| dialect | adapters | conc. | vLLM tok/s | loragate tok/s | **ratio** | ITL p99 vLLM / loragate (ms) | **ratio** "
-        "| TTFT p50 vLLM / loragate (ms) | **ratio** | e2e p50 ratio | loragate / engine ceiling |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| TTFT p50 vLLM / loragate (ms) | **ratio** | e2e p50 ratio | API CPU per 1k tokens vLLM / loragate (ms) "
+        "| **ratio** | loragate / engine ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lora in (False, True):
         for c in concurrencies:
@@ -200,6 +209,8 @@ def write_results(medians: dict, ceiling: dict, concurrencies: list[int], rounds
                     f"| {v['median_ttft_ms']:.1f} / {g['median_ttft_ms']:.1f} "
                     f"| **{g['median_ttft_ms'] / v['median_ttft_ms']:.2f}x** "
                     f"| {g['median_e2el_ms'] / v['median_e2el_ms']:.2f}x "
+                    f"| {v['api_cpu_ms_per_1k_tokens']:.0f} / {g['api_cpu_ms_per_1k_tokens']:.0f} "
+                    f"| **{g['api_cpu_ms_per_1k_tokens'] / v['api_cpu_ms_per_1k_tokens']:.2f}x** "
                     f"| {of_ceiling} |"
                 )
     lines += ["", "Engine-only ceiling (same workload in-process on `AsyncLLMEngine`, no HTTP):", "",

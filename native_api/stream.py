@@ -17,7 +17,7 @@ from app.engine.base import Engine
 from app.errors import as_loragate_error
 from app.pipeline import GenerationStream
 from app.tracking import RequestTracker
-from app.types import TokenLogprob
+from app.types import FinishReason, TokenLogprob
 from native_api.errors import error_payload, stream_error_event
 from native_api.mapping import FINISH_REASONS
 
@@ -71,9 +71,10 @@ async def native_events(
     """The LoRAX token stream of one request (``n`` is 1 on streams)."""
     texts = [prefix]
     generated = 0
-    finished = False
+    finished: FinishReason | None = None
     try:
         async for out in stream:
+            events = []  # all the tokens of one engine output are ready at once: one write
             for d in out.deltas:
                 texts.append(d.text)
                 last = len(d.token_ids) - 1
@@ -81,9 +82,8 @@ async def native_events(
                     generated += 1
                     lp = d.logprobs[i] if d.logprobs is not None and i < len(d.logprobs) else None
                     token = enc.token(token_id, lp)
-                    tracker.tokens(1)
                     if i == last and d.finish_reason is not None:
-                        finished = True
+                        finished = d.finish_reason
                         body = None
                         if details:
                             body = {
@@ -92,11 +92,15 @@ async def native_events(
                                 "generated_tokens": generated,
                                 "seed": seed,
                             }
-                        yield enc.final(token, "".join(texts), body)
-                        tracker.finish(d.finish_reason.value, prompt_tokens=stream.num_prompt_tokens,
-                                       generated_tokens=generated, queue_time=stream.timings.queue_time)
+                        events.append(enc.final(token, "".join(texts), body))
                     else:
-                        yield enc.intermediate(token)
+                        events.append(enc.intermediate(token))
+            if events:
+                tracker.tokens(len(events))
+                yield b"".join(events)
+            if finished:
+                tracker.finish(finished.value, prompt_tokens=stream.num_prompt_tokens,
+                               generated_tokens=generated, queue_time=stream.timings.queue_time)
         if not finished:
             tracker.error("incomplete_generation")
             yield b"data:" + _encode(error_payload("Incomplete generation", "incomplete_generation")) + b"\n\n"

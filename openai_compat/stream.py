@@ -102,22 +102,28 @@ async def chat_events(
     finish = None
     continuous = include_usage and continuous_usage
     try:
-        for i in range(stream.request.sampling.n):
-            yield enc.role(i, _usage_field(prompt_tokens, 0) if continuous else b"")
+        yield b"".join(
+            enc.role(i, _usage_field(prompt_tokens, 0) if continuous else b"") for i in range(stream.request.sampling.n)
+        )
         async for out in stream:
+            # Everything one engine output brings is ready at once: one write, not one per event.
+            parts = []
             for d in out.deltas:
                 generated += len(d.token_ids)
                 unsent += len(d.token_ids)
                 finish = finish or d.finish_reason
                 if not d.text and d.finish_reason is None and not d.logprobs:
                     continue  # nothing a client can see yet (text held back for stop strings)
-                if unsent:
-                    tracker.tokens(unsent)
-                    unsent = 0
-                yield enc.delta(d, _usage_field(prompt_tokens, generated) if continuous else b"")
-        if include_usage:
-            yield enc.usage(prompt_tokens, generated)
-        yield DONE
+                parts.append(enc.delta(d, _usage_field(prompt_tokens, generated) if continuous else b""))
+            if parts and unsent:
+                tracker.tokens(unsent)
+                unsent = 0
+            if out.finished:
+                if include_usage:
+                    parts.append(enc.usage(prompt_tokens, generated))
+                parts.append(DONE)
+            if parts:
+                yield b"".join(parts)
         tracker.finish(_reason(finish), prompt_tokens=prompt_tokens, generated_tokens=generated,
                        queue_time=stream.timings.queue_time)
     except Exception as exc:  # the response has started: report in-band, never cut the stream silently
@@ -154,10 +160,12 @@ async def completion_events(
     continuous = include_usage and continuous_usage
     unsent = 0
     finish = None
+    remaining = len(streams)
     try:
         async for pos, out in merge(streams):
             if out.prompt_logprobs is not None:
                 prompt_lps[pos] = out.prompt_logprobs
+            parts = []
             for d in out.deltas:
                 generated += len(d.token_ids)
                 unsent += len(d.token_ids)
@@ -172,17 +180,21 @@ async def completion_events(
                             logprobs = prompt_lps[pos] + logprobs
                 if not text and d.finish_reason is None and not logprobs:
                     continue
-                if unsent:
-                    tracker.tokens(unsent)
-                    unsent = 0
-                yield enc.delta(
+                parts.append(enc.delta(
                     index, text, logprobs, offsets[index], d.finish_reason,
                     _usage_field(prompt_tokens, generated) if continuous else b"",
-                )
+                ))
                 offsets[index] += len(text)
-        if include_usage:
-            yield enc.usage(prompt_tokens, generated)
-        yield DONE
+            if parts and unsent:
+                tracker.tokens(unsent)
+                unsent = 0
+            remaining -= out.finished
+            if not remaining:
+                if include_usage:
+                    parts.append(enc.usage(prompt_tokens, generated))
+                parts.append(DONE)
+            if parts:
+                yield b"".join(parts)
         queue = [s.timings.queue_time for s in streams if s.timings.queue_time is not None]
         tracker.finish(_reason(finish), prompt_tokens=prompt_tokens, generated_tokens=generated,
                        queue_time=max(queue) if queue else None)
