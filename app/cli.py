@@ -85,6 +85,19 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--host", default="0.0.0.0", help="Address to listen on.")
     h.add_argument("--port", type=int, default=8000, help="Port to listen on.")
     h.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Log level.")
+    sec = p.add_argument_group("security and limits")
+    sec.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                     help="Require `Authorization: Bearer KEY` (repeatable; also LORAGATE_API_KEYS, comma-separated).")
+    sec.add_argument("--open-path", action="append", default=None, metavar="PATH",
+                     help="A path served without a key (repeatable; default: /health /ping /ready /metrics).")
+    sec.add_argument("--max-concurrent-requests", type=int, default=1024,
+                     help="Generation requests served at once; beyond it: 429 (LoRAX `overloaded`).")
+    sec.add_argument("--max-request-body-bytes", type=_size, default=8 * 1024**2, metavar="SIZE",
+                     help="Largest request body accepted (e.g. 8MiB); beyond it: 413.")
+    sec.add_argument("--max-n", type=int, default=16, help="Most choices (`n`) or `best_of` per request.")
+    sec.add_argument("--max-stop-sequences", type=int, default=4, help="Most stop sequences per request.")
+    sec.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
+                     help="Allow browser requests from ORIGIN (repeatable; `*` for any). CORS is off by default.")
     h.add_argument("--access-log", action="store_true", help="Log every HTTP request.")
 
 
@@ -130,6 +143,13 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
         synthetic_token_interval=ns.synthetic_token_interval,
         log_level=ns.log_level,
         access_log=ns.access_log,
+        api_keys=tuple(ns.api_key),
+        open_paths=tuple(ns.open_path) if ns.open_path is not None else ServerConfig().open_paths,
+        max_concurrent_requests=ns.max_concurrent_requests,
+        max_request_body_bytes=ns.max_request_body_bytes,
+        max_n=ns.max_n,
+        max_stop_sequences=ns.max_stop_sequences,
+        cors_allow_origins=tuple(ns.cors_allow_origin),
     )
 
 

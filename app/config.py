@@ -52,6 +52,10 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``adapter_roots`` are the directories ``local`` adapters may be loaded from; ``adapter_source``
     is where adapter ids that requests name are loaded from by default (``hub``, ``local``, ``s3``);
     ``max_cpu_loras`` (default ``max_loras``) bounds the adapters kept ready.
+    ``api_keys``: bearer keys required on every route but ``open_paths`` (none: open server).
+    Limits: ``max_concurrent_requests`` (beyond: 429), ``max_request_body_bytes`` (beyond: 413),
+    ``max_n`` (choices or ``best_of`` per request), ``max_stop_sequences``. ``cors_allow_origins``:
+    CORS is off unless origins are given.
     ``kv_cache_memory_bytes`` sizes the KV cache explicitly (bytes; ``None``: on CPU a safe default
     is chosen, on GPU ``gpu_memory_utilization`` decides). ``engine`` is ``"vllm"`` (the product)
     or ``"synthetic"`` (benchmarks of the server's own overhead only)."""
@@ -83,3 +87,10 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     synthetic_token_interval: float = 0.0
     log_level: str = "info"
     access_log: bool = False
+    api_keys: tuple[str, ...] = ()
+    open_paths: tuple[str, ...] = ("/health", "/ping", "/ready", "/metrics")
+    max_concurrent_requests: int = 1024
+    max_request_body_bytes: int = 8 * 1024 * 1024
+    max_n: int = 16
+    max_stop_sequences: int = 4
+    cors_allow_origins: tuple[str, ...] = ()

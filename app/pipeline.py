@@ -18,7 +18,7 @@ import msgspec
 from app.adapters import AdapterRegistry
 from app.adapters.merge import MergeSpec
 from app.engine.base import AdapterSpec, Engine
-from app.errors import InvalidRequestError
+from app.errors import InvalidRequestError, OverloadedError
 from app.types import (
     EngineOutput,
     FinishReason,
@@ -131,10 +131,22 @@ class GenerationStream:
 class Pipeline:
     """Runs :class:`GenerationRequest` objects on an engine, resolving adapters by name."""
 
-    def __init__(self, engine: Engine, registry: AdapterRegistry) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: AdapterRegistry,
+        *,
+        max_concurrent: int = 1024,
+        max_n: int = 128,
+        max_stop_sequences: int = 16,
+    ) -> None:
         self.engine = engine
         self.registry = registry
         self.created = int(time.time())  # Unix seconds; the base model's `created` in /v1/models
+        self.max_concurrent = max_concurrent
+        self.max_n = max_n
+        self.max_stop_sequences = max_stop_sequences
+        self.in_flight = 0  # engine requests started and not yet closed
 
     def _check(self, request: GenerationRequest, prompt_param: str) -> GenerationRequest:
         info = self.engine.info
@@ -142,6 +154,13 @@ class Pipeline:
         prompt_len = len(request.prompt.token_ids)
         if prompt_len == 0:
             raise InvalidRequestError("The prompt is empty.", param=prompt_param)
+        if s.n > self.max_n:
+            raise InvalidRequestError(f"`n` is {s.n}; this server allows at most {self.max_n}.", param="n")
+        if len(s.stop) > self.max_stop_sequences:
+            raise InvalidRequestError(
+                f"{len(s.stop)} stop sequences given; this server allows at most {self.max_stop_sequences}.",
+                param="stop",
+            )
         if prompt_len >= info.max_model_len:
             raise InvalidRequestError(
                 f"This model's maximum context length is {info.max_model_len} tokens. However, your request has "
@@ -171,16 +190,28 @@ class Pipeline:
         ``ModelNotFoundError``, ``OverloadedError``, ``EngineError``/``EngineDeadError``."""
         timings = RequestTimings()
         request = self._check(request, prompt_param)
-        adapter = await self._acquire_adapter(request)
+        if self.in_flight >= self.max_concurrent:
+            raise OverloadedError("Model is overloaded")
+        self.in_flight += 1
+        try:
+            adapter = await self._acquire_adapter(request)
+        except BaseException:
+            self.in_flight -= 1
+            raise
         try:
             timings.submitted = time.perf_counter()
             outputs = self.engine.generate(request, adapter)
         except BaseException:
-            self.registry.release(adapter)
+            self._closed(adapter)
             raise
-        stream = GenerationStream(self.engine, request, adapter, outputs, timings, on_close=self.registry.release)
+        stream = GenerationStream(self.engine, request, adapter, outputs, timings, on_close=self._closed)
         await stream._prime()
         return stream
+
+    def _closed(self, adapter: AdapterSpec | None) -> None:
+        """A started request has ended (finished, failed or aborted)."""
+        self.in_flight -= 1
+        self.registry.release(adapter)
 
     async def _acquire_adapter(self, request: GenerationRequest) -> AdapterSpec | None:
         if request.merge is not None:

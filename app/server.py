@@ -12,9 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
@@ -25,6 +28,7 @@ from app.engine.base import Engine
 from app.errors import EngineDeadError
 from app.metrics import metrics, track_engine
 from app.pipeline import Pipeline
+from app.security import APIKeyMiddleware, api_keys_from
 from app.sse import ClientDisconnected
 from app.tracking import MetricsMiddleware
 
@@ -83,7 +87,10 @@ def _lifespan(config: ServerConfig, engine_factory: EngineFactory) -> Callable[[
                 logger.info("adapter %s loaded (id %d)", spec.name, spec.int_id)
             app.state.engine = engine
             app.state.registry = registry
-            app.state.pipeline = Pipeline(engine, registry)
+            app.state.pipeline = Pipeline(
+                engine, registry, max_concurrent=config.max_concurrent_requests, max_n=config.max_n,
+                max_stop_sequences=config.max_stop_sequences,
+            )
             track_engine(engine)
             logger.info("serving %s (max_model_len %d)", engine.info.name, engine.info.max_model_len)
             try:
@@ -127,6 +134,15 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_en
     from openai_compat.errors import handle_http_error as openai_http_error
     from openai_compat.routes import openai_router
 
+    def unauthorized(scope: Any) -> tuple[int, bytes]:
+        if str(scope.get("path", "")).startswith("/v1/"):
+            body = {"error": {"message": "Invalid or missing API key: send `Authorization: Bearer <key>`.",
+                              "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+        else:
+            body = {"error": "Invalid or missing API key: send `Authorization: Bearer <key>`.",
+                    "error_type": "unauthorized"}
+        return 401, msgspec.json.encode(body)
+
     def http_error(request: Request, exc: HTTPException) -> Response[Any]:
         # Routing errors (unknown path, wrong method) happen before any router's own handlers:
         # answer them in the shape of the dialect the path belongs to.
@@ -139,7 +155,15 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_en
         lifespan=[_lifespan(config, engine_factory)],
         dependencies={"pipeline": Provide(_pipeline, sync_to_thread=False)},
         exception_handlers={ClientDisconnected: _client_disconnected, HTTPException: http_error},
-        middleware=[MetricsMiddleware],
+        middleware=[
+            MetricsMiddleware,
+            DefineMiddleware(
+                APIKeyMiddleware, keys=api_keys_from(config.api_keys), open_paths=config.open_paths,
+                unauthorized=unauthorized,
+            ),
+        ],
+        request_max_body_size=config.max_request_body_bytes,
+        cors_config=CORSConfig(allow_origins=list(config.cors_allow_origins)) if config.cors_allow_origins else None,
         openapi_config=OpenAPIConfig(title="loragate", version="0.1.0", path="/docs"),
         debug=False,
     )

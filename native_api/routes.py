@@ -33,7 +33,10 @@ VERSION = "0.1.0"
 def limits(pipeline: Pipeline) -> LoraxLimits:
     """LoRAX's limits for this engine: inputs may use all of the context but one token."""
     max_len = pipeline.engine.info.max_model_len
-    return LoraxLimits(max_input_length=max_len - 1, max_total_tokens=max_len)
+    return LoraxLimits(
+        max_input_length=max_len - 1, max_total_tokens=max_len, max_stop_sequences=pipeline.max_stop_sequences,
+        max_best_of=min(2, pipeline.max_n), max_concurrent_requests=pipeline.max_concurrent,
+    )
 
 
 class _Prepared(msgspec.Struct):

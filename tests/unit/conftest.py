@@ -57,21 +57,25 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at
 # -- app construction ------------------------------------------------------------------------
 
 
-def make_app(engine: SyntheticEngine, *, adapters: tuple[tuple[str, str], ...] = ((ADAPTER, ADAPTER_PATH),)) -> Litestar:
-    """The loragate app serving ``engine`` with the given ``(name, path)`` adapters."""
+def make_app(
+    engine: SyntheticEngine, *, adapters: tuple[tuple[str, str], ...] = ((ADAPTER, ADAPTER_PATH),), **config: Any
+) -> Litestar:
+    """The loragate app serving ``engine`` with the given ``(name, path)`` adapters; ``config``
+    overrides other :class:`ServerConfig` fields (limits, API keys, CORS...)."""
 
     @contextlib.asynccontextmanager
     async def factory(config: ServerConfig) -> AsyncIterator[SyntheticEngine]:
         yield engine
 
-    config = ServerConfig(
+    server_config = ServerConfig(
         engine="synthetic",
         lora_modules=tuple(LoRAModule(name=n, path=p) for n, p in adapters),
         adapter_roots=(ADAPTER_ROOT,),
         adapter_source="local",
         adapter_cache_dir=os.path.join(ADAPTER_ROOT, ".cache"),
+        **config,
     )
-    return create_app(config, engine_factory=factory)
+    return create_app(server_config, engine_factory=factory)
 
 
 @pytest.fixture
@@ -105,14 +109,15 @@ class SyntheticServer:
 
 
 @contextlib.asynccontextmanager
-async def serve(engine: SyntheticEngine) -> AsyncIterator[SyntheticServer]:
-    """Run the app on ``engine`` under uvicorn, in this event loop, on a free local port."""
+async def serve(engine: SyntheticEngine, app: Litestar | None = None) -> AsyncIterator[SyntheticServer]:
+    """Run ``app`` (default: the app on ``engine``) under uvicorn, in this event loop, on a free
+    local port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        make_app(engine),
+        app or make_app(engine),
         loop="asyncio",
         lifespan="on",
         log_level="warning",
