@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -28,6 +29,7 @@ from app.engine.base import Engine
 from app.errors import EngineDeadError
 from app.metrics import metrics, track_engine
 from app.pipeline import Pipeline
+from app.types import GenerationRequest, SamplingOptions
 from app.security import APIKeyMiddleware, api_keys_from
 from app.sse import ClientDisconnected
 from app.tracking import MetricsMiddleware
@@ -92,6 +94,7 @@ def _lifespan(config: ServerConfig, engine_factory: EngineFactory) -> Callable[[
                 max_stop_sequences=config.max_stop_sequences,
             )
             track_engine(engine)
+            app.state.ready = await _can_generate(app.state.pipeline)
             logger.info("serving %s (max_model_len %d)", engine.info.name, engine.info.max_model_len)
             try:
                 yield
@@ -99,6 +102,19 @@ def _lifespan(config: ServerConfig, engine_factory: EngineFactory) -> Callable[[
                 track_engine(None)
 
     return lifespan
+
+
+async def _can_generate(pipeline: Pipeline) -> bool:
+    """Generate one token through the whole pipeline: the proof that the engine can serve."""
+    try:
+        prompt = await pipeline.engine.render_text("ready")
+        request = GenerationRequest(request_id=f"ready-{uuid.uuid4().hex}", prompt=prompt,
+                                    sampling=SamplingOptions(max_tokens=1, temperature=0.0))
+        result = await pipeline.run(request)
+    except Exception:
+        logger.exception("the engine failed its first generation")
+        return False
+    return result.usage.completion_tokens == 1
 
 
 def _pipeline(state: State) -> Pipeline:
@@ -113,6 +129,16 @@ async def health_response(state: State) -> Response[bytes]:
     except EngineDeadError:
         return Response(b'{"error":"unhealthy","error_type":"healthcheck"}', status_code=503, media_type="application/json")
     return Response(b"", status_code=200)
+
+
+@get("/ready", tags=["health"], summary="Readiness")
+async def ready(state: State) -> Response[bytes]:
+    """Readiness: 200 once the engine has generated a token at start-up and while it is alive;
+    503 otherwise (an orchestrator sends no traffic until then)."""
+    if not getattr(state, "ready", False):
+        return Response(b'{"error":"not ready","error_type":"healthcheck"}', status_code=503,
+                        media_type="application/json")
+    return await health_response(state)
 
 
 @get("/health", tags=["health"], summary="Health")
@@ -151,7 +177,7 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_en
         return native_http_error(request, exc)
 
     return Litestar(
-        route_handlers=[health, metrics, openai_router, native_router],
+        route_handlers=[health, ready, metrics, openai_router, native_router],
         lifespan=[_lifespan(config, engine_factory)],
         dependencies={"pipeline": Provide(_pipeline, sync_to_thread=False)},
         exception_handlers={ClientDisconnected: _client_disconnected, HTTPException: http_error},

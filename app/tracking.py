@@ -161,7 +161,7 @@ def record_error(request: Request, kind: str) -> None:
         m.ERRORS.labels(_route_label(request.scope), kind).inc()
 
 
-_UNTRACKED = frozenset({"/metrics", "/health", "/ping"})
+_UNTRACKED = frozenset({"/metrics", "/health", "/ping", "/ready"})
 _KNOWN_ROUTES = frozenset({
     "/", "/invocations", "/generate", "/generate_stream", "/tokenize", "/info",
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/load_lora_adapter", "/v1/unload_lora_adapter",

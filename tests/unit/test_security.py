@@ -111,3 +111,14 @@ async def test_cors_is_off_by_default_and_configurable():
         assert r.headers.get("access-control-allow-origin") == "https://app.example"
         r = await client.post("/v1/chat/completions", json=CHAT, headers={"Origin": "https://app.example"})
         assert r.headers.get("access-control-allow-origin") == "https://app.example"
+
+
+async def test_readiness_follows_the_engine():
+    eng = engine()
+    async with AsyncTestClient(make_app(eng, api_keys=("k",))) as client:
+        r = await client.get("/ready")  # open without a key, like /health
+        assert r.status_code == 200
+        assert eng.aborted == []  # the start-up generation finished normally
+        eng.dead = True
+        assert (await client.get("/ready")).status_code == 503
+        assert (await client.get("/health")).status_code == 503
