@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
+from app import redact
 from app.config import LoRAModule, ServerConfig, parse_lora_module, parse_size
 
 
@@ -99,6 +101,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     sec.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
                      help="Allow browser requests from ORIGIN (repeatable; `*` for any). CORS is off by default.")
     h.add_argument("--access-log", action="store_true", help="Log every HTTP request.")
+    h.add_argument("--graceful-shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="On SIGTERM: stop accepting requests and let in-flight ones finish for up to this long.")
 
 
 def config_from_args(ns: argparse.Namespace) -> ServerConfig:
@@ -143,6 +147,7 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
         synthetic_token_interval=ns.synthetic_token_interval,
         log_level=ns.log_level,
         access_log=ns.access_log,
+        graceful_shutdown_timeout=ns.graceful_shutdown_timeout,
         api_keys=tuple(ns.api_key),
         open_paths=tuple(ns.open_path) if ns.open_path is not None else ServerConfig().open_paths,
         max_concurrent_requests=ns.max_concurrent_requests,
@@ -163,15 +168,21 @@ def serve(config: ServerConfig) -> None:
     if (os.cpu_count() or 1) <= 4:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install()  # tokens, keys and credentials never reach a log line
+    # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that a
+    # no-op, so a graceful stop exits 0 (what orchestrators expect) rather than "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         create_app(config),
         host=config.host,
         port=config.port,
         loop="uvloop",
         http="httptools",
+        log_config=None,  # uvicorn's loggers propagate to the root handler, which redacts
         log_level=config.log_level,
         access_log=config.access_log,
-        timeout_graceful_shutdown=30,
+        # SIGTERM/SIGINT: stop accepting, let in-flight streams finish within this grace period, exit 0
+        timeout_graceful_shutdown=config.graceful_shutdown_timeout,
     )
 
 

@@ -87,6 +87,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     synthetic_token_interval: float = 0.0
     log_level: str = "info"
     access_log: bool = False
+    graceful_shutdown_timeout: float = 30.0
     api_keys: tuple[str, ...] = ()
     open_paths: tuple[str, ...] = ("/health", "/ping", "/ready", "/metrics")
     max_concurrent_requests: int = 1024

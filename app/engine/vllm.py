@@ -17,6 +17,7 @@ import re
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from app.engine.base import AdapterSpec, ModelInfo, TokenSpan
+from app.redact import redact
 from app.errors import (
     AdapterLoadError,
     EngineDeadError,
@@ -47,8 +48,8 @@ _PATH_RE = re.compile(r"(/[^\s'\"]+)+")
 
 
 def _scrub(message: str) -> str:
-    """Remove file-system paths from an engine message before a client sees it."""
-    return _PATH_RE.sub("<path>", message)
+    """Remove file-system paths and secrets from an engine message before a client sees it."""
+    return redact(_PATH_RE.sub("<path>", message))
 
 
 def _finish_reason(reason: str | None, stop_reason: object) -> FinishReason | None:
