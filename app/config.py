@@ -7,7 +7,7 @@ import re
 
 import msgspec
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 
 
 class LoRAModule(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,8 +25,9 @@ def parse_lora_module(value: str) -> LoRAModule:
     value = value.strip()
     if value.startswith("{"):
         data = json.loads(value)
-        if not isinstance(data, dict) or not data.get("name") or not data.get("path"):
-            raise ValueError(f"a JSON LoRA module needs `name` and `path`: {value}")
+        if (not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("path"), str)
+                or not data["name"] or not data["path"]):
+            raise ValueError(f"a JSON LoRA module needs string `name` and `path`: {value}")
         return LoRAModule(name=data["name"], path=data["path"], base_model_name=data.get("base_model_name"))
     name, sep, path = value.partition("=")
     if not sep or not name or not path:
@@ -42,7 +43,10 @@ def parse_size(value: str) -> int:
     if not match:
         raise ValueError(f"not a memory size: {value!r}")
     number, unit, _ = match.groups()
-    return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+    try:
+        return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+    except OverflowError as exc:
+        raise ValueError(f"memory size too large: {value!r}") from exc
 
 
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):

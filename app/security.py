@@ -13,6 +13,8 @@ import hmac
 import os
 from typing import Callable
 
+from litestar import Request
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 # Routes an orchestrator or a scraper must reach without a key.
@@ -62,3 +64,22 @@ class APIKeyMiddleware:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
         await send({"type": "http.response.body", "body": body})
+
+
+def is_undecodable_body(exc: BaseException) -> bool:
+    """Whether ``exc`` is the JSON decoder failing on a body (invalid UTF-8 inside a string, nesting
+    too deep): errors the framework does not classify as a bad request by itself."""
+    return isinstance(exc, (UnicodeDecodeError, RecursionError))
+
+
+async def require_json(request: Request) -> None:
+    """``before_request`` hook of the generation routes: a POST must carry a JSON body
+    (``Content-Type: application/json``, as LoRAX's axum router and vLLM require). Raises
+    ``HTTPException`` 415 or 400, answered in the route's dialect."""
+    if request.method != "POST":
+        return
+    media_type = request.content_type[0].lower()
+    if media_type != "application/json":
+        raise HTTPException(status_code=415, detail="Expected request with `Content-Type: application/json`")
+    if not await request.body():
+        raise HTTPException(status_code=400, detail="The request body is empty: send a JSON object.")

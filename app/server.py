@@ -189,6 +189,7 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory = build_en
             ),
         ],
         request_max_body_size=config.max_request_body_bytes,
+        logging_config=None,  # keep the CLI's root handler (level and secret redaction) in place
         cors_config=CORSConfig(allow_origins=list(config.cors_allow_origins)) if config.cors_allow_origins else None,
         openapi_config=OpenAPIConfig(title="loragate", version="0.1.0", path="/docs"),
         debug=False,

@@ -26,6 +26,7 @@ from app.errors import (
     OverloadedError,
     as_loragate_error,
 )
+from app.security import is_undecodable_body
 from app.tracking import record_error
 from native_api.validation import LoraxValidationError
 
@@ -95,9 +96,14 @@ def handle_incomplete(request: Request, _: IncompleteGenerationError) -> Respons
     return _json(500, error_payload("Incomplete generation", "incomplete_generation"))
 
 
-def handle_unexpected(_: Request, exc: Exception) -> Response[dict[str, Any]]:
-    """Anything else: a LoRAX generation error (logged with its traceback), never a bare 500."""
-    return handle_error(_, as_loragate_error(exc))
+def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    """Anything else: a LoRAX generation error (logged with its traceback), never a bare 500.
+    A body the JSON decoder chokes on (invalid UTF-8 in a string, nesting too deep) is a 400."""
+    if is_undecodable_body(exc):
+        record_error(request, "validation")
+        return _json(400, error_payload("Failed to parse the request body as JSON: invalid UTF-8 or nested too "
+                                        "deeply", "bad_request"))
+    return handle_error(request, as_loragate_error(exc))
 
 
 EXCEPTION_HANDLERS = {

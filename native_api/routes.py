@@ -17,6 +17,7 @@ from litestar.datastructures import State
 from app.errors import LoragateError
 from app.pipeline import GenerationStream, Pipeline, collect
 from app.server import health_response
+from app.security import require_json
 from app.sse import SSEResponse, until_disconnect
 from app.tracking import track
 from app.types import AdapterMerge, FinishReason, GenerationRequest
@@ -201,4 +202,5 @@ native_router = Router(
     path="/",
     route_handlers=[compat_generate, generate, generate_stream, tokenize, info, health_alias],
     exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    before_request=require_json,
 )

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
 
 class MergedAdapters(_Lenient):
@@ -51,7 +51,7 @@ class GenerateParameters(_Lenient):
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    top_k: int | None = None
+    top_k: int | None = Field(default=None, ge=-(2**31), lt=2**31)  # LoRAX: i32
     top_p: float | None = None
     typical_p: float | None = None
     do_sample: bool = False
@@ -63,7 +63,7 @@ class GenerateParameters(_Lenient):
     watermark: bool = False
     details: bool = False
     decoder_input_details: bool = False
-    return_k_alternatives: int | None = None
+    return_k_alternatives: int | None = Field(default=None, ge=-(2**31), lt=2**31)  # LoRAX: i32
     apply_chat_template: bool = False
     seed: int | None = Field(default=None, ge=0, lt=2**64)
     response_format: NativeResponseFormat | None = None

@@ -8,6 +8,7 @@ Source: LoRAX ``router/src/server.rs`` (non-stream ``generate``: ``x-compute-*``
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 from app.engine.base import ModelInfo
 from app.pipeline import GenerationStream
@@ -22,9 +23,16 @@ def _compute_type(info: ModelInfo) -> str:
     return "gpu+optimized" if info.device == "cuda" else info.device
 
 
+def _header_value(value: str) -> str:
+    """HTTP header values are Latin-1: percent-encode anything else (names are user input)."""
+    return quote(value, safe=" !#$&'()*+,/:;=?@[]~%^`{|}<>\"") if not value.isascii() or not value.isprintable() else value
+
+
 def _adapter_headers(adapter_id: str | None, adapter_source: str) -> dict[str, str]:
     # LoRAX sends these only when an adapter (not the base model) served the request.
-    return {"x-adapter-id": adapter_id, "x-adapter-source": adapter_source} if adapter_id else {}
+    if not adapter_id:
+        return {}
+    return {"x-adapter-id": _header_value(adapter_id), "x-adapter-source": _header_value(adapter_source)}
 
 
 def response_headers(
@@ -65,7 +73,7 @@ def response_headers(
         "x-generated-tokens": str(generated),
         "x-skipped-tokens": "0",
         "x-total-tokens": str(result.usage.prompt_tokens + generated),
-        "x-model-id": info.name,
+        "x-model-id": _header_value(info.name),
     }
     headers.update(_adapter_headers(adapter_label, adapter_source))
     return headers
@@ -76,6 +84,6 @@ def stream_headers(info: ModelInfo, characters: int, adapter_id: str | None, ada
     return {
         "x-compute-type": _compute_type(info),
         "x-compute-characters": str(characters),
-        "x-model-id": info.name,
+        "x-model-id": _header_value(info.name),
         **_adapter_headers(adapter_id, adapter_source),
     }

@@ -22,6 +22,7 @@ from app.errors import (
     OverloadedError,
     as_loragate_error,
 )
+from app.security import is_undecodable_body
 from app.tracking import record_error
 
 # kind -> (status, type, code)
@@ -102,7 +103,12 @@ def handle_http_error(request: Request, exc: HTTPException) -> Response[dict[str
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:
-    """Anything else: a 500 in OpenAI's shape (logged with its traceback), never Litestar's body."""
+    """Anything else: a 500 in OpenAI's shape (logged with its traceback), never Litestar's body.
+    A body the JSON decoder chokes on (invalid UTF-8 in a string, nesting too deep) is a 400."""
+    if is_undecodable_body(exc):
+        record_error(request, "invalid_request")
+        return _json(400, error_body("The request body is not valid JSON (invalid UTF-8 or nested too deeply).",
+                                     "invalid_request_error"))
     return handle_loragate_error(request, as_loragate_error(exc))
 
 

@@ -10,6 +10,7 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 
 from app.pipeline import Pipeline, collect
+from app.security import require_json
 from app.sse import SSEResponse, until_disconnect
 from app.tracking import track
 from app.types import GenerationRequest
@@ -192,4 +193,5 @@ openai_router = Router(
     path="/v1",
     route_handlers=[create_chat_completion, create_completion, list_models, load_lora_adapter, unload_lora_adapter],
     exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    before_request=require_json,
 )

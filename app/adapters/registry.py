@@ -101,6 +101,8 @@ class AdapterRegistry:
         :class:`app.errors.AdapterLoadError`."""
         if not model or (model == self.base_name and source is None):
             return None
+        if "\x00" in model:  # no file, repo or key has one; os.path would raise on it
+            raise ModelNotFoundError(model.replace("\x00", "\\0"), known=self.names())
         source = source or None
         if source is None and revision is None and model in self._entries:
             entry = self._entries[model]
@@ -203,6 +205,8 @@ class AdapterRegistry:
         await self._engine.remove_adapter(entry.spec.int_id)
 
     def _check_new_name(self, name: str, path: str) -> None:
+        if "\x00" in name or "\x00" in path:
+            raise InvalidRequestError("Adapter names and paths cannot contain NUL bytes.", param="lora_path")
         if not name or not path:
             raise InvalidRequestError("Both `lora_name` and `lora_path` are required.", param="lora_name")
         if name == self.base_name:

@@ -130,6 +130,8 @@ async def test_metrics_move_for_real_requests_through_both_dialects():
             "errors": sample("loragate_errors_total", route="/generate", type="validation"),
             "finished": sample("loragate_requests_finished_total", route="/v1/chat/completions", adapter=ADAPTER,
                                finish_reason="length"),
+            "itl_sum": sample("loragate_inter_token_latency_seconds_sum", route="/generate_stream", adapter="base"),
+            "itl_count": sample("loragate_inter_token_latency_seconds_count", route="/generate_stream", adapter="base"),
         }
         body = {"model": ADAPTER, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
@@ -149,9 +151,11 @@ async def test_metrics_move_for_real_requests_through_both_dialects():
         before["stream_stddev"] + 1
     assert sample("loragate_errors_total", route="/generate", type="validation") == before["errors"] + 1
     # one ITL observation per token after the first, measured at write time (~2 ms cadence)
-    itl_sum = sample("loragate_inter_token_latency_seconds_sum", route="/generate_stream", adapter="base")
-    itl_count = sample("loragate_inter_token_latency_seconds_count", route="/generate_stream", adapter="base")
-    assert itl_count >= 5 and 0.0005 < itl_sum / itl_count < 0.05
+    itl_sum = sample("loragate_inter_token_latency_seconds_sum", route="/generate_stream", adapter="base") - \
+        before["itl_sum"]
+    itl_count = sample("loragate_inter_token_latency_seconds_count", route="/generate_stream", adapter="base") - \
+        before["itl_count"]
+    assert itl_count == 5 and 0.0005 < itl_sum / itl_count < 0.05
     for name in ("loragate_time_to_first_token_seconds", "loragate_e2e_request_latency_seconds",
                  "loragate_requests_in_flight", "loragate_engine_unfinished_requests", "loragate_itl_cv_ratio",
                  "loragate_itl_max_seconds", "loragate_time_per_output_token_seconds"):
