@@ -97,6 +97,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     sec.add_argument("--max-request-body-bytes", type=_size, default=8 * 1024**2, metavar="SIZE",
                      help="Largest request body accepted (e.g. 8MiB); beyond it: 413.")
     sec.add_argument("--max-n", type=int, default=16, help="Most choices (`n`) or `best_of` per request.")
+    sec.add_argument("--max-output-tokens", type=int, default=None,
+                     help="Most tokens a request may ask to generate (default: whatever the context leaves).")
     sec.add_argument("--max-stop-sequences", type=int, default=4, help="Most stop sequences per request.")
     sec.add_argument("--cors-allow-origin", action="append", default=[], metavar="ORIGIN",
                      help="Allow browser requests from ORIGIN (repeatable; `*` for any). CORS is off by default.")
@@ -153,6 +155,7 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
         max_concurrent_requests=ns.max_concurrent_requests,
         max_request_body_bytes=ns.max_request_body_bytes,
         max_n=ns.max_n,
+        max_output_tokens=ns.max_output_tokens,
         max_stop_sequences=ns.max_stop_sequences,
         cors_allow_origins=tuple(ns.cors_allow_origin),
     )

@@ -58,7 +58,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``max_cpu_loras`` (default ``max_loras``) bounds the adapters kept ready.
     ``api_keys``: bearer keys required on every route but ``open_paths`` (none: open server).
     Limits: ``max_concurrent_requests`` (beyond: 429), ``max_request_body_bytes`` (beyond: 413),
-    ``max_n`` (choices or ``best_of`` per request), ``max_stop_sequences``. ``cors_allow_origins``:
+    ``max_n`` (choices or ``best_of`` per request), ``max_stop_sequences``, ``max_output_tokens``
+    (generated tokens per request; ``None``: up to the context). ``cors_allow_origins``:
     CORS is off unless origins are given.
     ``kv_cache_memory_bytes`` sizes the KV cache explicitly (bytes; ``None``: on CPU a safe default
     is chosen, on GPU ``gpu_memory_utilization`` decides). ``engine`` is ``"vllm"`` (the product)
@@ -97,5 +98,6 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrent_requests: int = 1024
     max_request_body_bytes: int = 8 * 1024 * 1024
     max_n: int = 16
+    max_output_tokens: int | None = None
     max_stop_sequences: int = 4
     cors_allow_origins: tuple[str, ...] = ()

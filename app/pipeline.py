@@ -139,6 +139,7 @@ class Pipeline:
         max_concurrent: int = 1024,
         max_n: int = 128,
         max_stop_sequences: int = 16,
+        max_output_tokens: int | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -146,6 +147,7 @@ class Pipeline:
         self.max_concurrent = max_concurrent
         self.max_n = max_n
         self.max_stop_sequences = max_stop_sequences
+        self.max_output_tokens = max_output_tokens
         self.in_flight = 0  # engine requests started and not yet closed
 
     def _check(self, request: GenerationRequest, prompt_param: str) -> GenerationRequest:
@@ -167,6 +169,12 @@ class Pipeline:
                 f"{prompt_len} input tokens, which leaves no room for output. Please reduce the length of the input.",
                 param=prompt_param,
             )
+        limit = self.max_output_tokens
+        if limit is not None and s.max_tokens is not None and s.max_tokens > limit:
+            raise InvalidRequestError(
+                f"`max_tokens` is {s.max_tokens}; this server generates at most {limit} tokens per request.",
+                param="max_tokens",
+            )
         if s.max_tokens is not None and s.max_tokens > info.max_model_len:
             raise InvalidRequestError(
                 f"`max_tokens` is {s.max_tokens}, more than the model's context length of {info.max_model_len} tokens.",
@@ -178,6 +186,8 @@ class Pipeline:
                     f"Requested {value} logprobs, more than the maximum of {info.max_logprobs}.", param=name
                 )
         room = info.max_model_len - prompt_len
+        if limit is not None:
+            room = min(room, limit)
         max_tokens = room if s.max_tokens is None else min(s.max_tokens, room)
         if max_tokens != s.max_tokens:
             request = msgspec.structs.replace(request, sampling=msgspec.structs.replace(s, max_tokens=max_tokens))

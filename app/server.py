@@ -91,7 +91,7 @@ def _lifespan(config: ServerConfig, engine_factory: EngineFactory) -> Callable[[
             app.state.registry = registry
             app.state.pipeline = Pipeline(
                 engine, registry, max_concurrent=config.max_concurrent_requests, max_n=config.max_n,
-                max_stop_sequences=config.max_stop_sequences,
+                max_stop_sequences=config.max_stop_sequences, max_output_tokens=config.max_output_tokens,
             )
             track_engine(engine)
             app.state.ready = await _can_generate(app.state.pipeline)

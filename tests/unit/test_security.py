@@ -122,3 +122,13 @@ async def test_readiness_follows_the_engine():
         eng.dead = True
         assert (await client.get("/ready")).status_code == 503
         assert (await client.get("/health")).status_code == 503
+
+
+async def test_max_output_tokens_limit():
+    async with AsyncTestClient(make_app(engine(), max_output_tokens=5)) as client:
+        r = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 6})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+        r = await client.post("/v1/chat/completions", json={k: v for k, v in CHAT.items() if k != "max_tokens"})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5  # no max_tokens: the limit
+        r = await client.post("/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 9}})
+        assert r.status_code == 422 and "at most 5 tokens" in r.json()["error"]
