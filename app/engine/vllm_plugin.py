@@ -1,5 +1,7 @@
-"""A vLLM general plugin (entry point group ``vllm.general_plugins``) that fixes a LoRA bug of the
-PyTorch-native punica ops vLLM 0.32 uses on CPU.
+"""A vLLM general plugin (entry point group ``vllm.general_plugins``) that fixes two bugs of vLLM 0.32
+on CPU, both found by loragate's tests and benchmarks.
+
+**1. Mixed LoRA batches.** A LoRA bug of the PyTorch-native punica ops vLLM 0.32 uses on CPU.
 
 The bug: in a batch that mixes base-model and adapter requests, a base-model token has LoRA slot
 index -1, and ``vllm/lora/ops/torch_ops/lora_ops.py:bgmv_shrink`` gathers ``lora_weights[-1]`` —
@@ -11,6 +13,16 @@ The fix: after the shrink step, zero the rows of tokens that have no adapter. Th
 adds ``0 @ B = 0`` for them, which is what "no adapter" means. vLLM loads general plugins in every
 process it starts (API server, EngineCore, workers), so the patch reaches the worker that runs
 the model. It touches only vLLM's torch-native ops (the CPU path); GPU kernels are left alone.
+
+**2. Seeded requests kill the engine under load.** When a request with its own ``seed`` has its
+prefill split over several steps (chunked prefill: any batch over ``max_num_batched_tokens``), vLLM
+discards the token sampled at the partial step and rewinds the request's generator with
+``gen.set_offset(gen.get_offset() - 4)`` (``v1/worker/gpu_model_runner.py:_bookkeeping_sync``) — a
+Philox (CUDA) API: a CPU ``torch.Generator`` raises "CPU Generator does not use offset", and the whole
+engine dies. Found by bench/serving.py (LoRAX sampling always carries a seed). The fix swaps each
+request's CPU generator, with its state, for a subclass whose offset calls are no-ops. The one cost:
+on CPU a seeded request's random stream also advances at discarded partial-prefill samples, so a seed
+reproduces its output under the same batching, not under any batching.
 """
 
 from __future__ import annotations
@@ -29,11 +41,17 @@ def _zero_rows_without_adapter(output_tensor, lora_indices_tensor) -> None:  # t
 
 
 def register() -> None:
-    """Patch ``bgmv_shrink`` where the CPU punica wrapper and the torch ``sgmv_*`` ops look it up.
-    Idempotent; does nothing if vLLM's layout differs from 0.32's."""
+    """Apply both fixes. Idempotent; each does nothing if vLLM's layout differs from 0.32's."""
     global _applied
     if _applied:
         return
+    _applied = True
+    _patch_lora_shrink()
+    _patch_cpu_seeded_generators()
+
+
+def _patch_lora_shrink() -> None:
+    """Patch ``bgmv_shrink`` where the CPU punica wrapper and the torch ``sgmv_*`` ops look it up."""
     try:
         from vllm.lora.ops.torch_ops import lora_ops
         from vllm.lora.punica_wrapper import punica_cpu
@@ -49,5 +67,55 @@ def register() -> None:
     lora_ops.bgmv_shrink = bgmv_shrink
     if getattr(punica_cpu, "bgmv_shrink", None) is original:
         punica_cpu.bgmv_shrink = bgmv_shrink
-    _applied = True
     logger.debug("loragate: patched vLLM torch bgmv_shrink for base-model tokens in mixed LoRA batches")
+
+
+def _patch_cpu_seeded_generators() -> None:
+    """After each ``_update_states``, give every new CPU per-request generator offset calls that
+    do not raise (see the module docstring, fix 2)."""
+    try:
+        import torch
+        from vllm.v1.worker import gpu_model_runner
+    except Exception:  # pragma: no cover - another vLLM layout: nothing to patch
+        return
+    runner = gpu_model_runner.GPUModelRunner
+    original = runner._update_states
+
+    @functools.wraps(original)
+    def _update_states(self, scheduler_output):  # type: ignore[no-untyped-def]
+        result = original(self, scheduler_output)
+        if torch.device(self.device).type == "cpu":
+            swapped = {}
+            for state in self.requests.values():
+                gen = getattr(state, "generator", None)
+                if gen is not None and type(gen) is torch.Generator:
+                    new = cpu_generator_class()()
+                    new.set_state(gen.get_state())
+                    swapped[id(gen)] = new
+                    state.generator = new
+            if swapped:
+                generators = self.input_batch.generators
+                for index, gen in list(generators.items()):
+                    if id(gen) in swapped:
+                        generators[index] = swapped[id(gen)]
+        return result
+
+    runner._update_states = _update_states
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_generator_class():  # type: ignore[no-untyped-def]
+    """The CPU ``torch.Generator`` subclass whose Philox-offset calls are no-ops (built on first use:
+    importing this module must not import torch)."""
+    import torch
+
+    class CPUGenerator(torch.Generator):
+        """A CPU generator that accepts vLLM's Philox-offset rewind as a no-op."""
+
+        def get_offset(self) -> int:
+            return 0
+
+        def set_offset(self, offset: int) -> "CPUGenerator":
+            return self
+
+    return CPUGenerator
