@@ -163,15 +163,21 @@ def config_from_args(ns: argparse.Namespace) -> ServerConfig:
 
 def serve(config: ServerConfig) -> None:
     """Run the server until SIGINT/SIGTERM (uvicorn with uvloop and httptools)."""
+    from app.engine.cpu_host import apply_small_host_policy
+
+    # Small CPU hosts: OpenMP threads and engine polling that leave a core to the HTTP side. Before
+    # torch or vLLM is imported: OpenMP reads OMP_NUM_THREADS once.
+    policy = apply_small_host_policy()
+
     import uvicorn
 
     from app.server import create_app
 
-    # Small machines: vLLM's automatic OpenMP binding can leave the CPU worker a single thread.
-    if (os.cpu_count() or 1) <= 4:
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install()  # tokens, keys and credentials never reach a log line
+    if policy:
+        logging.getLogger("loragate").info("small CPU host: engine environment %s (set any of them to override)",
+                                           " ".join(f"{k}={v}" for k, v in policy.items()))
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler it found: make that a
     # no-op, so a graceful stop exits 0 (what orchestrators expect) rather than "killed by SIGTERM".
     signal.signal(signal.SIGTERM, lambda *_: None)

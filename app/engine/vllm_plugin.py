@@ -1,5 +1,6 @@
 """A vLLM general plugin (entry point group ``vllm.general_plugins``) that fixes two bugs of vLLM 0.32
-on CPU, both found by loragate's tests and benchmarks.
+on CPU, both found by loragate's tests and benchmarks, and (3) stops the scheduler and the worker
+spin-waiting on each other on small CPU hosts.
 
 **1. Mixed LoRA batches.** A LoRA bug of the PyTorch-native punica ops vLLM 0.32 uses on CPU.
 
@@ -23,12 +24,24 @@ engine dies. Found by bench/serving.py (LoRAX sampling always carries a seed). T
 request's CPU generator, with its state, for a subclass whose offset calls are no-ops. The one cost:
 on CPU a seeded request's random stream also advances at discarded partial-prefill samples, so a seed
 reproduces its output under the same batching, not under any batching.
+
+**3. Spin-waiting on small CPU hosts** (only when ``LORAGATE_ENGINE_IDLE_WAIT_US`` is set, which
+``app/engine/cpu_host.py`` does on CPU hosts with at most 4 CPUs, and only on vLLM's CPU platform).
+A reader of vLLM's shared-memory message queue (``SpinCondition.wait`` in
+``vllm/distributed/device_communicators/shm_broadcast.py``) busy-polls with ``sched_yield`` for a
+second after each message; the scheduler and the worker both read such queues, so under load each
+burns about half its CPU polling, CPU the HTTP layer and the model need. The patch sleeps the given
+number of microseconds per poll inside that busy window instead; outside it (idle engine) vLLM's
+blocking wait is unchanged. Turning the busy window off instead (``busy_loop_s=0``) is not safe: the
+queue's notifications are dropped under load (``SNDHWM=1``) and a reader then waits forever.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import time
 
 logger = logging.getLogger(__name__)
 _applied = False
@@ -48,6 +61,7 @@ def register() -> None:
     _applied = True
     _patch_lora_shrink()
     _patch_cpu_seeded_generators()
+    _patch_spin_wait()
 
 
 def _patch_lora_shrink() -> None:
@@ -101,6 +115,40 @@ def _patch_cpu_seeded_generators() -> None:
         return result
 
     runner._update_states = _update_states
+
+
+def idle_wait_seconds() -> float:
+    """The poll interval of fix 3 in seconds, from ``LORAGATE_ENGINE_IDLE_WAIT_US``; 0 = not set, or
+    not a positive integer number of microseconds (then vLLM's busy-polling stays)."""
+    raw = os.environ.get("LORAGATE_ENGINE_IDLE_WAIT_US", "")
+    return int(raw) / 1e6 if raw.isdigit() and int(raw) > 0 else 0.0
+
+
+def _patch_spin_wait() -> None:
+    """Fix 3: poll vLLM's shared-memory queue with a short sleep instead of ``sched_yield``."""
+    interval = idle_wait_seconds()
+    if not interval:
+        return
+    try:
+        from vllm.distributed.device_communicators import shm_broadcast
+        from vllm.platforms import current_platform
+    except Exception:  # pragma: no cover - another vLLM layout: nothing to patch
+        return
+    cls = getattr(shm_broadcast, "SpinCondition", None)
+    if cls is None or not current_platform.is_cpu() or getattr(cls.wait, "_loragate_idle_wait", False):
+        return
+    original = cls.wait
+
+    @functools.wraps(original)
+    def wait(self, timeout_ms=None):  # type: ignore[no-untyped-def]
+        if time.monotonic() <= self.last_read + self.busy_loop_s:
+            time.sleep(interval)  # vLLM: os.sched_yield(), i.e. a hot poll
+            return
+        original(self, timeout_ms)
+
+    wait._loragate_idle_wait = True  # type: ignore[attr-defined]
+    cls.wait = wait
+    logger.debug("loragate: vLLM shared-memory queue polls every %.0f us instead of spinning", interval * 1e6)
 
 
 @functools.lru_cache(maxsize=1)
