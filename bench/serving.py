@@ -3,11 +3,20 @@ identical engine arguments, driven by vLLM's own load generator, plus the engine
 
     python bench/serving.py [--rounds 3] [--concurrency 1 8 32 128] [--quick]
 
-Each round starts vLLM's server (``python -m vllm.entrypoints.openai.api_server``) and loragate one
-at a time, alternating which goes first, and runs ``vllm bench serve`` (``openai-chat`` backend:
-random 64-token prompts, 128 output tokens with ``ignore_eos``) at each concurrency, on the base
-model and with 4 adapters in the mix; loragate's LoRAX dialect is driven too (``lorax-native``,
-bench/load_client.py). Reported: medians over rounds, and ratios loragate / vLLM measured in the
+Three servers, started one at a time in an order that rotates every round:
+
+- ``vllm``: vLLM's own server (``python -m vllm.entrypoints.openai.api_server``) as the issue measured
+  it: ``VLLM_CPU_OMP_THREADS_BIND=nobind`` and vLLM's defaults otherwise (its ``auto`` binding is
+  slower still on 2 cores: see the README of bench/results);
+- ``loragate``: ``loragate serve`` as shipped, which picks its own engine environment on a small CPU
+  host (``app/engine/cpu_host.py``);
+- ``vllm-env``: vLLM's own server given loragate's engine environment by hand, so that the
+  difference left between it and loragate is the HTTP layer alone.
+
+Each is driven by ``vllm bench serve`` (``openai-chat`` backend: random 64-token prompts, 128 output
+tokens with ``ignore_eos``) at each concurrency, on the base model and with 4 adapters in the mix;
+loragate's LoRAX dialect too (``lorax-native``, bench/load_client.py). The engine-only ceiling is
+measured under both engine environments. Reported: medians over rounds, and ratios measured in the
 same session (the machine is shared and noisy: only ratios travel). Writes
 ``bench/results/serving.{json,md,png}``.
 """
@@ -35,7 +44,24 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 METRICS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "median_e2el_ms",
            "api_cpu_ms_per_1k_tokens")
-ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+#: the engine environment of each server kind; loragate sets its own (app/engine/cpu_host.py)
+ISSUE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+SERVERS = ("vllm", "loragate", "vllm-env")
+#: variables that would leak an engine setting into a run that should not have it
+ENGINE_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "OMP_NUM_THREADS", "LORAGATE_ENGINE_IDLE_WAIT_US")
+
+
+def engine_env(kind: str) -> dict[str, str]:
+    """The process environment for a server (or ceiling run) of ``kind``."""
+    from app.engine.cpu_host import small_host_env, usable_cpus
+
+    base = {k: v for k, v in os.environ.items() if k not in ENGINE_VARS} | ENV
+    if kind == "vllm":
+        return base | ISSUE_ENV
+    if kind == "vllm-env":
+        return base | ISSUE_ENV | small_host_env(usable_cpus())
+    return base
 
 
 def free_port() -> int:
@@ -45,7 +71,7 @@ def free_port() -> int:
 
 
 def num_prompts(concurrency: int, quick: bool) -> int:
-    n = {1: 16, 8: 64, 32: 200, 128: 256}.get(concurrency, max(16, concurrency * 2))
+    n = {1: 16, 8: 96, 32: 320, 128: 512}.get(concurrency, max(16, concurrency * 4))
     return max(8, n // 4) if quick else n
 
 
@@ -62,14 +88,14 @@ class Server:
             "--enforce-eager", "--max-loras", "4", "--max-lora-rank", "8",
             "--lora-modules", *(f"{n}={p}" for n, p in adapters.items()),
         ]
-        if kind == "vllm":
+        if kind.startswith("vllm"):
             cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *common, "--enable-lora",
                    "--disable-uvicorn-access-log"]
         else:
             cmd = [sys.executable, "-m", "app.cli", "serve", *common]
         self.log = open(log_dir / f"{kind}-{self.port}.log", "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **ENV}, start_new_session=True)
+                                     env=engine_env(kind), start_new_session=True)
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -112,7 +138,7 @@ def bench_once(server: Server, model_dir: str, backend: str, concurrency: int, n
         cmd += ["--lora-modules", *adapters]
     api = psutil.Process(server.proc.pid)  # the API server process itself (not its engine children)
     cpu_before = sum(api.cpu_times()[:2])
-    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, **ENV},
+    subprocess.run(cmd, cwd=ROOT, check=True, env=engine_env("vllm"),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu = sum(api.cpu_times()[:2]) - cpu_before
     result = json.loads((out_dir / name).read_text())
@@ -147,7 +173,7 @@ def main() -> None:
     runs: dict[tuple, list[dict]] = {}
     cases = [("openai-chat", False), ("openai-chat", True)]
     for r in range(rounds):
-        order = ["vllm", "loragate"] if r % 2 == 0 else ["loragate", "vllm"]
+        order = SERVERS[r % len(SERVERS):] + SERVERS[:r % len(SERVERS)]
         for kind in order:
             server = Server(kind, model_dir, adapters, work)
             try:
@@ -163,71 +189,100 @@ def main() -> None:
                               f"TTFT p50 {res['median_ttft_ms']:7.1f} ms", flush=True)
             finally:
                 server.stop()
-    ceiling_out = work / "ceiling.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "engine_ceiling.py"), model_dir,
-                    "--concurrency", *map(str, args.concurrency), "--out", str(ceiling_out)],
-                   cwd=ROOT, check=True, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ceiling = {row["concurrency"]: row for row in json.loads(ceiling_out.read_text())}
+    ceiling = {}
+    for label, kind in (("vllm", "vllm"), ("loragate", "vllm-env")):  # the issue's engine env, and loragate's
+        out = work / f"ceiling-{label}.json"
+        subprocess.run([sys.executable, str(ROOT / "bench" / "engine_ceiling.py"), model_dir,
+                        "--concurrency", *map(str, args.concurrency), "--out", str(out)],
+                       cwd=ROOT, check=True, env=engine_env(kind), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ceiling[label] = {row["concurrency"]: row for row in json.loads(out.read_text())}
     medians = {key: median_runs(v) for key, v in runs.items()}
     write_results(medians, ceiling, args.concurrency, rounds, args.quick)
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"**{a / b:.2f}x**" if b else "—"
+
+
 def write_results(medians: dict, ceiling: dict, concurrencies: list[int], rounds: int, quick: bool) -> None:
+    """``medians``: (server, backend, with_lora, concurrency) -> metric medians; ``ceiling``: engine
+    environment ("vllm" = the issue's, "loragate") -> concurrency -> engine-only metrics."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for (kind, backend, lora, c), m in sorted(medians.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3], kv[0][0])):
-        rows.append({"server": kind, "dialect": backend, "adapters": 4 if lora else 0, "concurrency": c, **m})
-    (RESULTS / "serving.json").write_text(json.dumps({"rows": rows, "engine_ceiling": list(ceiling.values()),
-                                                      "rounds": rounds, "quick": quick}, indent=2))
+    rows = [{"server": kind, "dialect": backend, "adapters": 4 if lora else 0, "concurrency": c, **m}
+            for (kind, backend, lora, c), m in sorted(medians.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3]))]
+    (RESULTS / "serving.json").write_text(json.dumps(
+        {"rows": rows, "engine_ceiling": {k: list(v.values()) for k, v in ceiling.items()}, "rounds": rounds,
+         "quick": quick}, indent=2))
+    cases = [(lora, c, backend) for lora in (False, True) for c in concurrencies
+             for backend in ("openai-chat", "lorax-native")
+             if all((k, "openai-chat", lora, c) in medians for k in ("vllm", "vllm-env"))
+             and ("loragate", backend, lora, c) in medians]
+
+    def label(lora: bool, c: int, backend: str) -> str:
+        return f"| {'OpenAI chat' if backend == 'openai-chat' else 'LoRAX native'} | {4 if lora else 0} | {c} "
+
     lines = [
         "# Serving benchmark: loragate vs vLLM's own OpenAI server",
         "",
         f"{dt.date.today()} · {platform.machine()}, {os.cpu_count()} cores · tiny 2-layer Llama (demo model) on "
         f"vllm-cpu 0.32 · random 64-token prompts, 128 output tokens, `ignore_eos` · load generator: `vllm bench "
-        f"serve` · medians of {rounds} alternating round(s) in one session{' (quick run)' if quick else ''}. "
-        "Absolute numbers vary with the machine's load; compare the ratios.",
+        f"serve` · medians of {rounds} round(s) in one session, servers in rotating order"
+        f"{' (quick run)' if quick else ''}. Absolute numbers vary with the machine's load; compare the ratios.",
         "",
-        "| dialect | adapters | conc. | vLLM tok/s | loragate tok/s | **ratio** | ITL p99 vLLM / loragate (ms) | **ratio** "
-        "| TTFT p50 vLLM / loragate (ms) | **ratio** | e2e p50 ratio | API CPU per 1k tokens vLLM / loragate (ms) "
-        "| **ratio** | loragate / engine ceiling |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Servers: **vLLM** = vLLM's own server as the issue measured it (`VLLM_CPU_OMP_THREADS_BIND=nobind`, "
+        "vLLM's defaults otherwise); **vLLM+env** = vLLM's own server given loragate's small-host engine "
+        "environment by hand (`app/engine/cpu_host.py`: one OpenMP thread per spare core, engine queue polls "
+        "that sleep), which leaves the HTTP layer as the only difference; **loragate** as shipped. "
+        "vLLM's servers are always driven through OpenAI chat.",
+        "",
+        "## Throughput (output tokens/s)",
+        "",
+        "| dialect | adapters | conc. | vLLM | vLLM+env | loragate | **loragate / vLLM** | **loragate / vLLM+env** "
+        "| loragate / engine ceiling |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for lora in (False, True):
-        for c in concurrencies:
-            v = medians.get(("vllm", "openai-chat", lora, c))
-            for backend in ("openai-chat", "lorax-native"):
-                g = medians.get(("loragate", backend, lora, c))
-                if not v or not g:
-                    continue
-                ceil = ceiling.get(c, {}).get("output_throughput") if not lora else None
-                of_ceiling = f"{g['output_throughput'] / ceil:.0%}" if ceil else "—"
-                lines.append(
-                    f"| {'OpenAI chat' if backend == 'openai-chat' else 'LoRAX native'} | {4 if lora else 0} | {c} "
-                    f"| {v['output_throughput']:.0f} | {g['output_throughput']:.0f} "
-                    f"| **{g['output_throughput'] / v['output_throughput']:.2f}x** "
-                    f"| {v['p99_itl_ms']:.1f} / {g['p99_itl_ms']:.1f} | **{g['p99_itl_ms'] / v['p99_itl_ms']:.2f}x** "
-                    f"| {v['median_ttft_ms']:.1f} / {g['median_ttft_ms']:.1f} "
-                    f"| **{g['median_ttft_ms'] / v['median_ttft_ms']:.2f}x** "
-                    f"| {g['median_e2el_ms'] / v['median_e2el_ms']:.2f}x "
-                    f"| {v['api_cpu_ms_per_1k_tokens']:.0f} / {g['api_cpu_ms_per_1k_tokens']:.0f} "
-                    f"| **{g['api_cpu_ms_per_1k_tokens'] / v['api_cpu_ms_per_1k_tokens']:.2f}x** "
-                    f"| {of_ceiling} |"
-                )
-    lines += ["", "Engine-only ceiling (same workload in-process on `AsyncLLMEngine`, no HTTP):", "",
-              "| conc. | tok/s | ITL p99 (ms) | TTFT p50 (ms) |", "|---|---|---|---|"]
+    for lora, c, backend in cases:
+        v, e = medians[("vllm", "openai-chat", lora, c)], medians[("vllm-env", "openai-chat", lora, c)]
+        g = medians[("loragate", backend, lora, c)]
+        ceil = ceiling.get("loragate", {}).get(c, {}).get("output_throughput") if not lora else None
+        of_ceiling = f"{g['output_throughput'] / ceil:.0%}" if ceil else "—"
+        lines.append(label(lora, c, backend) + f"| {v['output_throughput']:.0f} | {e['output_throughput']:.0f} "
+                     f"| {g['output_throughput']:.0f} | {_ratio(g['output_throughput'], v['output_throughput'])} "
+                     f"| {_ratio(g['output_throughput'], e['output_throughput'])} "
+                     f"| {of_ceiling} |")
+    lines += ["", "## Latency (ms) and API-process CPU (ms per 1,000 output tokens)", "",
+              "| dialect | adapters | conc. | ITL p99 vLLM / +env / loragate | **vs vLLM** | **vs +env** "
+              "| TTFT p50 vLLM / +env / loragate | **vs vLLM** | **vs +env** | e2e p50 vs +env "
+              "| API CPU vLLM / +env / loragate | **vs +env** |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for lora, c, backend in cases:
+        v, e = medians[("vllm", "openai-chat", lora, c)], medians[("vllm-env", "openai-chat", lora, c)]
+        g = medians[("loragate", backend, lora, c)]
+        cells = []
+        for key in ("p99_itl_ms", "median_ttft_ms"):
+            cells += [f"{v[key]:.1f} / {e[key]:.1f} / {g[key]:.1f}", _ratio(g[key], v[key]), _ratio(g[key], e[key])]
+        cells.append(f"{g['median_e2el_ms'] / e['median_e2el_ms']:.2f}x")
+        cpu = "api_cpu_ms_per_1k_tokens"
+        cells += [f"{v[cpu]:.0f} / {e[cpu]:.0f} / {g[cpu]:.0f}", _ratio(g[cpu], e[cpu])]
+        lines.append(label(lora, c, backend) + "| " + " | ".join(cells) + " |")
+    lines += ["", "## Engine-only ceiling", "",
+              "The same workload in-process on `AsyncLLMEngine`, no HTTP, under each engine environment:", "",
+              "| conc. | tok/s, issue's env | tok/s, loragate's env | ITL p99 (ms), loragate's env "
+              "| TTFT p50 (ms), loragate's env |", "|---|---|---|---|---|"]
     for c in concurrencies:
-        if c in ceiling:
-            e = ceiling[c]
-            lines.append(f"| {c} | {e['output_throughput']:.0f} | {e['p99_itl_ms']:.1f} | {e['median_ttft_ms']:.1f} |")
+        old, new = ceiling.get("vllm", {}).get(c), ceiling.get("loragate", {}).get(c)
+        if old and new:
+            lines.append(f"| {c} | {old['output_throughput']:.0f} | {new['output_throughput']:.0f} "
+                         f"| {new['p99_itl_ms']:.1f} | {new['median_ttft_ms']:.1f} |")
     lora_lines = []
     for c in concurrencies:
-        base = medians.get(("loragate", "openai-chat", False, c))
-        lora = medians.get(("loragate", "openai-chat", True, c))
-        if base and lora:
-            lora_lines.append(f"| {c} | {lora['output_throughput'] / base['output_throughput']:.2f}x |")
+        for kind in ("loragate", "vllm-env"):
+            base, lora = medians.get((kind, "openai-chat", False, c)), medians.get((kind, "openai-chat", True, c))
+            if base and lora:
+                lora_lines.append(f"| {kind} | {c} | {lora['output_throughput'] / base['output_throughput']:.2f}x |")
     if lora_lines:
-        lines += ["", "loragate with 4 adapters in the mix vs the base model only (throughput):", "",
-                  "| conc. | ratio |", "|---|---|", *lora_lines]
+        lines += ["", "## 4 adapters in the mix vs the base model only (throughput, OpenAI chat)", "",
+                  "| server | conc. | ratio |", "|---|---|---|", *lora_lines]
     (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
     plot(medians, ceiling, concurrencies)
     print("\n".join(lines))
@@ -240,15 +295,18 @@ def plot(medians: dict, ceiling: dict, concurrencies: list[int]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (kind, backend, lora), style in {("vllm", "openai-chat", False): "o--", ("loragate", "openai-chat", False): "o-",
+    for (kind, backend, lora), style in {("vllm", "openai-chat", False): "o--", ("vllm-env", "openai-chat", False): "o:",
+                                         ("loragate", "openai-chat", False): "o-",
                                          ("loragate", "lorax-native", False): "s-",
                                          ("loragate", "openai-chat", True): "^-"}.items():
         xs = [c for c in concurrencies if (kind, backend, lora, c) in medians]
-        label = f"{kind} {backend}{' +4 adapters' if lora else ''}"
-        axes[0].plot(xs, [medians[(kind, backend, lora, c)]["output_throughput"] for c in xs], style, label=label)
-        axes[1].plot(xs, [medians[(kind, backend, lora, c)]["p99_itl_ms"] for c in xs], style, label=label)
-    xs = [c for c in concurrencies if c in ceiling]
-    axes[0].plot(xs, [ceiling[c]["output_throughput"] for c in xs], "k:", label="engine only (ceiling)")
+        name = f"{kind} {backend}{' +4 adapters' if lora else ''}"
+        axes[0].plot(xs, [medians[(kind, backend, lora, c)]["output_throughput"] for c in xs], style, label=name)
+        axes[1].plot(xs, [medians[(kind, backend, lora, c)]["p99_itl_ms"] for c in xs], style, label=name)
+    for env, style in (("vllm", "k:"), ("loragate", "k-.")):
+        xs = [c for c in concurrencies if c in ceiling.get(env, {})]
+        axes[0].plot(xs, [ceiling[env][c]["output_throughput"] for c in xs], style,
+                     label=f"engine only, {'issue' if env == 'vllm' else 'loragate'}'s env")
     axes[0].set(xscale="log", xlabel="concurrent streams", ylabel="output tokens/s", title="Throughput")
     axes[1].set(xscale="log", xlabel="concurrent streams", ylabel="ms", title="ITL p99")
     for ax in axes:
