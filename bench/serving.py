@@ -159,6 +159,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--quick", action="store_true", help="1 round, fewer prompts: a smoke run")
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="re-measure only the engine-only ceilings; keep the servers' figures of "
+                             "bench/results/serving.json")
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
 
@@ -172,7 +175,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="loragate-bench-"))
     runs: dict[tuple, list[dict]] = {}
     cases = [("openai-chat", False), ("openai-chat", True)]
-    for r in range(rounds):
+    if args.ceiling_only:
+        previous = json.loads((RESULTS / "serving.json").read_text())
+        rounds, args.quick = previous["rounds"], previous["quick"]
+        for row in previous["rows"]:
+            key = (row["server"], row["dialect"], bool(row["adapters"]), row["concurrency"])
+            runs[key] = [{k: row[k] for k in METRICS}]
+    for r in range(0 if args.ceiling_only else rounds):
         order = SERVERS[r % len(SERVERS):] + SERVERS[:r % len(SERVERS)]
         for kind in order:
             server = Server(kind, model_dir, adapters, work)
@@ -190,10 +199,13 @@ def main() -> None:
             finally:
                 server.stop()
     ceiling = {}
-    for label, kind in (("vllm", "vllm"), ("loragate", "vllm-env")):  # the issue's engine env, and loragate's
-        out = work / f"ceiling-{label}.json"
+    # the issue's engine environment, loragate's, and loragate's with the 4 adapters in the mix
+    for label, kind, lora in (("vllm", "vllm", False), ("loragate", "vllm-env", False),
+                              ("loragate+4 adapters", "vllm-env", True)):
+        out = work / f"ceiling-{label.replace(' ', '-')}.json"
+        extra = [f"--adapter={name}={path}" for name, path in adapters.items()] if lora else []
         subprocess.run([sys.executable, str(ROOT / "bench" / "engine_ceiling.py"), model_dir,
-                        "--concurrency", *map(str, args.concurrency), "--out", str(out)],
+                        "--concurrency", *map(str, args.concurrency), *extra, "--out", str(out)],
                        cwd=ROOT, check=True, env=engine_env(kind), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ceiling[label] = {row["concurrency"]: row for row in json.loads(out.read_text())}
     medians = {key: median_runs(v) for key, v in runs.items()}
@@ -280,8 +292,12 @@ def write_results(medians: dict, ceiling: dict, concurrencies: list[int], rounds
             base, lora = medians.get((kind, "openai-chat", False, c)), medians.get((kind, "openai-chat", True, c))
             if base and lora:
                 lora_lines.append(f"| {kind} | {c} | {lora['output_throughput'] / base['output_throughput']:.2f}x |")
+        base, lora = ceiling.get("loragate", {}).get(c), ceiling.get("loragate+4 adapters", {}).get(c)
+        if base and lora:
+            lora_lines.append(f"| engine only (no HTTP) | {c} | {lora['output_throughput'] / base['output_throughput']:.2f}x |")
     if lora_lines:
-        lines += ["", "## 4 adapters in the mix vs the base model only (throughput, OpenAI chat)", "",
+        lines += ["", "## 4 adapters in the mix vs the base model only (throughput, OpenAI chat; engine only in "
+                  "loragate's engine environment)", "",
                   "| server | conc. | ratio |", "|---|---|---|", *lora_lines]
     (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
     plot(medians, ceiling, concurrencies)
