@@ -48,15 +48,15 @@ ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
 #: the engine environment of each server kind; loragate sets its own (app/engine/cpu_host.py)
 ISSUE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 SERVERS = ("vllm", "loragate", "vllm-env")
-#: variables that would leak an engine setting into a run that should not have it
-ENGINE_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "OMP_NUM_THREADS", "LORAGATE_ENGINE_IDLE_WAIT_US")
 
 
 def engine_env(kind: str) -> dict[str, str]:
-    """The process environment for a server (or ceiling run) of ``kind``."""
+    """The process environment for a server (or ceiling run) of ``kind``; engine variables of the
+    calling shell (those the small-host policy sets) are dropped so that no run inherits them."""
     from app.engine.cpu_host import small_host_env, usable_cpus
 
-    base = {k: v for k, v in os.environ.items() if k not in ENGINE_VARS} | ENV
+    engine_vars = small_host_env(1)
+    base = {k: v for k, v in os.environ.items() if k not in engine_vars} | ENV
     if kind == "vllm":
         return base | ISSUE_ENV
     if kind == "vllm-env":

@@ -120,7 +120,9 @@ def _patch_cpu_seeded_generators() -> None:
 def idle_wait_seconds() -> float:
     """The poll interval of fix 3 in seconds, from ``LORAGATE_ENGINE_IDLE_WAIT_US``; 0 = not set, or
     not a positive integer number of microseconds (then vLLM's busy-polling stays)."""
-    raw = os.environ.get("LORAGATE_ENGINE_IDLE_WAIT_US", "")
+    from app.engine.cpu_host import IDLE_WAIT_ENV
+
+    raw = os.environ.get(IDLE_WAIT_ENV, "")
     return int(raw) / 1e6 if raw.isdigit() and int(raw) > 0 else 0.0
 
 

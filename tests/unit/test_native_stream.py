@@ -20,6 +20,7 @@ from litestar.testing import AsyncTestClient
 from app.engine.synthetic import EOS_ID, SyntheticEngine
 from app.errors import EngineError
 from tests.unit.conftest import ADAPTER, BASE, MAX_MODEL_LEN, EventReader, SyntheticServer, make_app, serve, sse_events
+from tests.unit.test_native_api import EndsEarlyEngine
 
 STREAM_DETAILS_KEYS = ["finish_reason", "prompt_tokens", "generated_tokens", "seed"]
 
@@ -253,15 +254,6 @@ async def test_engine_dying_mid_stream_over_http() -> None:
     assert list(error) == ["error", "error_type"]
     assert error["error_type"] == "generation"
     assert engine.num_unfinished_requests() == 0
-
-
-class EndsEarlyEngine(SyntheticEngine):
-    """Its output stream ends after one output without a finish reason."""
-
-    async def generate(self, request, adapter) -> AsyncIterator[Any]:  # type: ignore[override]
-        async for out in super().generate(request, adapter):
-            yield out
-            return
 
 
 async def test_stream_that_ends_without_finishing_is_incomplete_generation() -> None:
